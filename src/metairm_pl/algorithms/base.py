@@ -1,0 +1,206 @@
+"""Shared LightningModule for every method: the network, per-env risks, evaluation, L2 and
+the optimizer step under manual optimization.
+
+A method implements one thing, :meth:`MultiEnvAlgorithm.objective`: from a multi-env
+batch (env name -> ``(x, y)``) it returns the data term and the penalty term of its
+training loss.  The base adds L2, applies the :class:`PenaltySchedule` (anneal + rescale),
+checks the loss is finite and takes the optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_accuracy, multiclass_accuracy
+
+from metairm_pl.algorithms.schedule import PenaltySchedule
+from metairm_pl.errors import ConfigError
+
+EnvBatch = Mapping[str, tuple[Tensor, Tensor]]
+
+
+class DivergenceError(RuntimeError):
+    """A loss term or parameter became NaN/inf; the message names the step and the term."""
+
+
+@dataclass
+class Objective:
+    """What a method's training loss is made of for one step."""
+
+    risk: Tensor
+    penalty: Optional[Tensor] = None
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+def risk_function(num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """Mean negative log-likelihood: logistic for 2 classes (one logit), softmax otherwise."""
+    if num_classes == 2:
+        return lambda logits, y: F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
+    return lambda logits, y: F.cross_entropy(logits, y)
+
+
+def accuracy(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    if num_classes == 2:
+        return binary_accuracy((logits.squeeze(-1) > 0).long(), y.long())
+    return multiclass_accuracy(logits, y, num_classes=num_classes, average="micro")
+
+
+def irm_penalty(logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """IRMv1 penalty: squared gradient of the risk w.r.t. a dummy scale ``w = 1.0`` on the logits.
+
+    Differentiable w.r.t. ``logits`` (``create_graph=True``), so it can be trained on.
+    """
+    scale = torch.ones((), dtype=logits.dtype, device=logits.device, requires_grad=True)
+    (grad,) = torch.autograd.grad(risk_fn(logits * scale, y), [scale], create_graph=True)
+    return grad.pow(2).sum()
+
+
+class MultiEnvAlgorithm(pl.LightningModule):
+    """Base of all methods. Subclasses set ``name``/``min_train_envs`` and implement ``objective``.
+
+    Args:
+        network: maps inputs to logits (1 for binary, k for k classes).
+        optimizer: a partial optimizer constructor (Hydra ``_partial_: true``), called with
+            the parameters in :meth:`configure_optimizers`.
+        num_classes: number of classes of the task.
+        l2_weight: weight of the squared L2 norm of all parameters (biases included, as the
+            IRM code), added to the loss.
+        penalty: the penalty schedule (or its config mapping); ignored by methods without a
+            penalty.
+        eval_chunk_size: evaluate in chunks of this many examples (bounds memory).
+    """
+
+    name = "base"
+    min_train_envs = 1
+
+    def __init__(
+        self,
+        network: nn.Module,
+        optimizer: Callable,
+        num_classes: int = 2,
+        l2_weight: float = 0.0,
+        penalty: Optional[Mapping | PenaltySchedule] = None,
+        eval_chunk_size: int = 65536,
+    ) -> None:
+        super().__init__()
+        if l2_weight < 0:
+            raise ConfigError(f"algorithm.l2_weight={l2_weight} is not allowed: use a value >= 0.")
+        self.automatic_optimization = False
+        self.network = network
+        self.optimizer_factory = optimizer
+        self.num_classes = num_classes
+        self.l2_weight = float(l2_weight)
+        if penalty is None:
+            penalty = PenaltySchedule(weight=0.0, warmup_weight=0.0)
+        self.schedule = penalty if isinstance(penalty, PenaltySchedule) else PenaltySchedule(**dict(penalty))
+        self.eval_chunk_size = eval_chunk_size
+        self.risk_fn = risk_function(num_classes)
+        self.eval_metrics: dict[str, float] = {}
+
+    # -- to implement -------------------------------------------------------------------
+    def objective(self, batch: EnvBatch) -> Objective:
+        raise NotImplementedError
+
+    # -- building blocks ---------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
+
+    def env_risks(self, batch: EnvBatch) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
+        """One forward per env: ``{env: (risk, logits, y)}``."""
+        out = {}
+        for env, (x, y) in batch.items():
+            logits = self(x)
+            out[env] = (self.risk_fn(logits, y), logits, y)
+        return out
+
+    def l2_term(self) -> Tensor:
+        if self.l2_weight == 0.0:
+            return torch.zeros((), device=self.device)
+        return self.l2_weight * sum(p.pow(2).sum() for p in self.network.parameters())
+
+    def check_environments(self, n_train_envs: int) -> None:
+        if n_train_envs < self.min_train_envs:
+            raise ConfigError(
+                f"algorithm {self.name} needs at least {self.min_train_envs} training environments, "
+                f"the data provides {n_train_envs}."
+            )
+
+    # -- training ----------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        env_batch = {env: (pair[0], pair[1]) for env, pair in batch.items()}
+        step = self.global_step
+        objective = self.objective(env_batch)
+        penalty = objective.penalty if objective.penalty is not None else torch.zeros((), device=self.device)
+        regularizer = self.l2_term()
+        self._check_finite(step, {"risk": objective.risk, "penalty": penalty, "l2": regularizer})
+        loss = self.schedule.combine(objective.risk, penalty, regularizer, step)
+
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        self._check_parameters_finite(step)
+
+        logs = {
+            "step/loss": loss.detach(),
+            "step/risk": objective.risk.detach(),
+            "step/penalty": penalty.detach(),
+            "step/penalty_weight": self.schedule.weight_at(step),
+        }
+        logs.update({f"step/{k}": v.detach() for k, v in objective.logs.items()})
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+        return loss.detach()
+
+    def _check_finite(self, step: int, terms: Mapping[str, Tensor]) -> None:
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        if bad:
+            values = ", ".join(f"{name}={terms[name].item()}" for name in bad)
+            raise DivergenceError(f"{self.name}: loss term(s) {bad} not finite at step {step} ({values}).")
+
+    def _check_parameters_finite(self, step: int) -> None:
+        for name, param in self.network.named_parameters():
+            if not torch.isfinite(param).all():
+                raise DivergenceError(f"{self.name}: parameter {name!r} became non-finite after step {step}.")
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+    # -- evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_logits(self, x: Tensor) -> Tensor:
+        """Logits of the network with its own parameters θ (no adaptation), in chunks."""
+        chunks = [self(x[i : i + self.eval_chunk_size]) for i in range(0, len(x), self.eval_chunk_size)]
+        return torch.cat(chunks)
+
+    def evaluate_env(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        logits = self.predict_logits(x).detach()
+        with torch.enable_grad():
+            penalty = irm_penalty(logits, y, self.risk_fn)
+        return {
+            "loss": self.risk_fn(logits, y).item(),
+            "acc": accuracy(logits, y, self.num_classes).item(),
+            "penalty": penalty.item(),
+        }
+
+    def evaluate(self, eval_batch: Mapping[str, EnvBatch]) -> dict[str, float]:
+        """``{"<split>/<env>/<metric>": value}`` for every split, env and metric."""
+        metrics = {}
+        for split, envs in eval_batch.items():
+            for env, (x, y) in envs.items():
+                for metric, value in self.evaluate_env(x, y).items():
+                    metrics[f"{split}/{env}/{metric}"] = value
+        return metrics
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.eval_metrics = self.evaluate(batch)
+        finite = {k: v for k, v in self.eval_metrics.items() if math.isfinite(v)}
+        self.log_dict(finite, on_step=False, on_epoch=True, batch_size=1)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)

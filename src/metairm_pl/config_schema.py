@@ -1,0 +1,97 @@
+"""Structured-config schemas for the ``data`` and ``algorithm`` groups.
+
+Registered in Hydra's ConfigStore on import (``register_schemas``); each YAML option of
+those groups starts from one of these schemas, so a misspelt key or a value of the wrong
+type fails at composition time with the key's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING
+    p_color: float = MISSING
+    p_label_noise: float = 0.25
+    size: Optional[int] = None
+
+
+@dataclass
+class ColoredMNISTConfig:
+    _target_: str = "metairm_pl.data.cmnist.ColoredMNISTDataModule"
+    name: str = "cmnist"
+    data_dir: str = "${paths.data_dir}"
+    train_envs: List[EnvConfig] = MISSING
+    test_envs: List[EnvConfig] = MISSING
+    num_classes: int = 2
+    val_fraction: float = 0.1
+    val_source: str = "heldout"
+    data_seed: int = "${data_seed}"  # type: ignore[assignment]
+    full_batch: bool = True
+    batch_size: Optional[int] = None
+    allow_download: bool = True
+    train_pool_size: int = 50000
+
+
+@dataclass
+class SyntheticConfig:
+    _target_: str = "metairm_pl.data.synthetic.SyntheticDataModule"
+    name: str = "synthetic"
+    train_envs: List[EnvConfig] = MISSING
+    test_envs: List[EnvConfig] = MISSING
+    n_features: int = 8
+    val_fraction: float = 0.2
+    data_seed: int = "${data_seed}"  # type: ignore[assignment]
+    full_batch: bool = True
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class PenaltyConfig:
+    weight: float = 0.0
+    anneal_steps: int = 0
+    warmup_weight: float = 1.0
+    rescale: bool = True
+
+
+@dataclass
+class AlgorithmConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    optimizer: Any = MISSING
+    l2_weight: float = 0.0
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    eval_chunk_size: int = 65536
+
+
+@dataclass
+class MetaIRMConfig(AlgorithmConfig):
+    inner_lr: float = 0.1
+    inner_steps: int = 1
+    meta_envs: str = "others"
+    n_meta_envs: Optional[int] = None
+    first_order: bool = False
+    dropgrad: float = 0.0
+
+
+SCHEMAS = {
+    ("data", "schema_cmnist"): ColoredMNISTConfig,
+    ("data", "schema_synthetic"): SyntheticConfig,
+    ("algorithm", "schema_algorithm"): AlgorithmConfig,
+    ("algorithm", "schema_meta_irm"): MetaIRMConfig,
+}
+
+
+def register_schemas() -> None:
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
+
+
+register_schemas()

@@ -1,0 +1,150 @@
+"""Colored MNIST DataModule (IRM protocol; k-class variant of Choe et al. 2020).
+
+Splits, as in facebookresearch/InvariantRiskMinimization:
+
+* training environments: MNIST ``train[:50000]`` (``train_pool_size``), shuffled with ``data_seed``, dealt to the
+  n training environments by interleaving (env i takes examples ``i, i+n, i+2n, ...``; for
+  two envs the even/odd split of the official code), each truncated to its ``size``;
+* test environments: MNIST ``train[50000:]`` (10,000 digits), coloured independently for
+  every test environment;
+* validation (``val_source="heldout"``, default): for each training env, ``val_fraction``
+  x its size digits from the MNIST *test* set (unused by the IRM protocol), disjoint across
+  envs, coloured with that env's parameters.  The training envs keep their full 25,000
+  examples, so the protocol is unchanged.  ``val_source="split"`` instead carves the
+  validation set out of the env's own examples (its training part shrinks accordingly).
+
+All randomness (shuffle, label noise, colour) comes from one ``torch.Generator`` seeded by
+``data_seed``, separate from the model seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from metairm_pl.data.environments import EnvSpec, check_probability, colour_digits, parse_env_specs
+from metairm_pl.data.multienv import EnvironmentSplits, MultiEnvDataModule
+from metairm_pl.errors import ConfigError
+
+TRAIN_POOL_SIZE = 50_000
+VAL_SOURCES = ("heldout", "split")
+
+
+def _load_mnist(data_dir: str, allow_download: bool):
+    from metairm_pl.data.mnist_source import load_mnist
+
+    return load_mnist(data_dir, allow_download=allow_download)
+
+
+class ColoredMNISTDataModule(MultiEnvDataModule):
+    """Colored MNIST with environments given as config lists (see module docstring)."""
+
+    def __init__(
+        self,
+        train_envs: Sequence,
+        test_envs: Sequence,
+        data_dir: str = "data",
+        name: str = "cmnist",
+        num_classes: int = 2,
+        val_fraction: float = 0.1,
+        val_source: str = "heldout",
+        data_seed: int = 0,
+        full_batch: bool = True,
+        batch_size: Optional[int] = None,
+        allow_download: bool = True,
+        train_pool_size: int = TRAIN_POOL_SIZE,
+        mnist_loader: Optional[Callable] = None,
+    ) -> None:
+        super().__init__(full_batch=full_batch, batch_size=batch_size, data_seed=data_seed)
+        self.name = name
+        self.train_specs = parse_env_specs("train_envs", train_envs)
+        self.test_specs = parse_env_specs("test_envs", test_envs)
+        overlap = {s.name for s in self.train_specs} & {s.name for s in self.test_specs}
+        if overlap:
+            raise ConfigError(f"data: env names {sorted(overlap)} are used for both train and test envs.")
+        if num_classes not in (2, 5, 10):
+            raise ConfigError(f"data.num_classes={num_classes!r} is not allowed: use 2, 5 or 10.")
+        check_probability("data.val_fraction", val_fraction)
+        if val_source not in VAL_SOURCES:
+            raise ConfigError(f"data.val_source={val_source!r} is not allowed: use one of {list(VAL_SOURCES)}.")
+        self._num_classes = num_classes
+        self.val_fraction = float(val_fraction)
+        self.val_source = val_source
+        self.data_dir = data_dir
+        self.allow_download = allow_download
+        self.train_pool_size = train_pool_size
+        self.mnist_loader = mnist_loader or (lambda: _load_mnist(data_dir, allow_download))
+        self.check_sizes(pool_size=train_pool_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    def check_sizes(self, pool_size: int, heldout_size: int = 10_000) -> None:
+        """Fail early when an env asks for more examples than its share of the data."""
+        share = pool_size // len(self.train_specs)
+        for spec in self.train_specs:
+            if spec.size is not None and spec.size > share:
+                raise ConfigError(
+                    f"env {spec.name}: size={spec.size} exceeds the data available to it: "
+                    f"{pool_size} training digits shared by {len(self.train_specs)} envs give at most "
+                    f"{share} per env."
+                )
+        if self.val_source == "heldout":
+            needed = sum(self._val_size(spec, share) for spec in self.train_specs)
+            if needed > heldout_size:
+                raise ConfigError(
+                    f"data.val_fraction={self.val_fraction} asks for {needed} held-out validation digits "
+                    f"but only {heldout_size} exist: lower val_fraction or use val_source=split."
+                )
+
+    def _val_size(self, spec: EnvSpec, share: int) -> int:
+        return int(round(self.val_fraction * (spec.size or share)))
+
+    def build_environments(self) -> EnvironmentSplits:
+        mnist = self.mnist_loader()
+        pool_size = self.train_pool_size
+        if len(mnist.train_images) <= pool_size:
+            raise ConfigError(
+                f"data.train_pool_size={pool_size} leaves no test digits: MNIST train has "
+                f"{len(mnist.train_images)} images."
+            )
+        test_pool = (mnist.train_images[pool_size:], mnist.train_labels[pool_size:])
+        self.check_sizes(pool_size=pool_size, heldout_size=len(mnist.test_images))
+        generator = torch.Generator().manual_seed(int(self.data_seed))
+
+        order = torch.randperm(pool_size, generator=generator)
+        pool_images, pool_digits = mnist.train_images[:pool_size][order], mnist.train_labels[:pool_size][order]
+        heldout_order = torch.randperm(len(mnist.test_images), generator=generator)
+        heldout_images, heldout_digits = mnist.test_images[heldout_order], mnist.test_labels[heldout_order]
+
+        n_envs, share = len(self.train_specs), pool_size // len(self.train_specs)
+        train, val, heldout_start = {}, {}, 0
+        for index, spec in enumerate(self.train_specs):
+            images, digits = pool_images[index::n_envs], pool_digits[index::n_envs]
+            size = spec.size or share
+            images, digits = images[:size], digits[:size]
+            val_size = self._val_size(spec, share)
+            if self.val_source == "split":
+                val_images, val_digits = images[:val_size], digits[:val_size]
+                images, digits = images[val_size:], digits[val_size:]
+            else:
+                stop = heldout_start + val_size
+                val_images, val_digits = heldout_images[heldout_start:stop], heldout_digits[heldout_start:stop]
+                heldout_start = stop
+            train[spec.name] = colour_digits(images, digits, spec, self.num_classes, generator)
+            if val_size > 0:
+                val[spec.name] = colour_digits(val_images, val_digits, spec, self.num_classes, generator)
+
+        test = {}
+        for spec in self.test_specs:
+            images, digits = test_pool
+            if spec.size is not None:
+                if spec.size > len(images):
+                    raise ConfigError(
+                        f"test env {spec.name}: size={spec.size} exceeds the {len(images)} test digits."
+                    )
+                images, digits = images[: spec.size], digits[: spec.size]
+            test[spec.name] = colour_digits(images, digits, spec, self.num_classes, generator)
+        return EnvironmentSplits(train=train, val=val, test=test)

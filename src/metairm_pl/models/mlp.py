@@ -1,0 +1,56 @@
+"""Multi-layer perceptron of the IRM Colored MNIST code, with the grayscale-oracle option."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from metairm_pl.errors import ConfigError
+
+
+class MLP(nn.Module):
+    """ReLU MLP over flattened inputs; Xavier-uniform weights and zero biases.
+
+    Args:
+        input_shape: shape of one example, e.g. ``(2, 14, 14)`` (channels first).
+        num_outputs: 1 logit for binary tasks, k for k classes.
+        hidden_dim: width of every hidden layer.
+        n_hidden_layers: number of hidden layers (2 in the IRM code).
+        grayscale: sum the colour channels before the first layer, which removes the colour
+            feature (the "ERM (grayscale)" oracle).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int,
+        hidden_dim: int = 390,
+        n_hidden_layers: int = 2,
+        grayscale: bool = False,
+    ) -> None:
+        super().__init__()
+        if hidden_dim <= 0 or n_hidden_layers < 0:
+            raise ConfigError(
+                f"model.hidden_dim={hidden_dim}, model.n_hidden_layers={n_hidden_layers}: "
+                "hidden_dim must be positive and n_hidden_layers >= 0."
+            )
+        if grayscale and len(input_shape) < 2:
+            raise ConfigError("model.grayscale=true needs channel-first image inputs (C, H, W).")
+        self.grayscale = grayscale
+        in_features = math.prod(input_shape[1:]) if grayscale else math.prod(input_shape)
+        widths = [in_features] + [hidden_dim] * n_hidden_layers + [num_outputs]
+        layers: list[nn.Module] = []
+        for index, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            linear = nn.Linear(fan_in, fan_out)
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+            layers.append(linear)
+            if index < len(widths) - 2:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.grayscale:
+            x = x.sum(dim=1)
+        return self.layers(x.flatten(start_dim=1))

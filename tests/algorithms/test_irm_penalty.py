@@ -1,0 +1,47 @@
+import math
+
+import pytest
+import torch
+
+from metairm_pl.algorithms.base import accuracy, irm_penalty, risk_function
+
+
+def test_binary_penalty_equals_hand_computed_value():
+    # d/dw mean BCE(w*l, y) at w=1 is mean((sigmoid(l) - y) * l); the penalty is its square.
+    logits = torch.tensor([[2.0], [-1.0], [0.5]], dtype=torch.float64)
+    y = torch.tensor([1, 1, 0])
+    sig = [1 / (1 + math.exp(-v)) for v in (2.0, -1.0, 0.5)]
+    grad = ((sig[0] - 1) * 2.0 + (sig[1] - 1) * -1.0 + (sig[2] - 0) * 0.5) / 3
+    assert irm_penalty(logits, y, risk_function(2)).item() == pytest.approx(grad**2, rel=1e-12)
+
+
+def test_multiclass_penalty_equals_hand_computed_value():
+    # d/dw CE(w*l, y) at w=1 is mean over rows of sum_c (softmax(l)_c - onehot_c) * l_c.
+    logits = torch.tensor([[1.0, 0.0, -1.0], [0.2, 0.3, 0.1]], dtype=torch.float64)
+    y = torch.tensor([2, 0])
+    total = 0.0
+    for row, label in zip(logits.tolist(), y.tolist()):
+        exps = [math.exp(v) for v in row]
+        probs = [e / sum(exps) for e in exps]
+        total += sum((p - (c == label)) * v for c, (p, v) in enumerate(zip(probs, row)))
+    expected = (total / 2) ** 2
+    assert irm_penalty(logits, y, risk_function(3)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_penalty_is_differentiable_wrt_logits():
+    logits = torch.tensor([[2.0], [-1.0]], dtype=torch.float64, requires_grad=True)
+    penalty = irm_penalty(logits, torch.tensor([0, 1]), risk_function(2))
+    (grad,) = torch.autograd.grad(penalty, logits)
+    eps = 1e-6
+    for index in range(2):
+        bumped = [logits.detach().clone(), logits.detach().clone()]
+        bumped[0][index, 0] += eps
+        bumped[1][index, 0] -= eps
+        values = [irm_penalty(b, torch.tensor([0, 1]), risk_function(2)).item() for b in bumped]
+        assert grad[index, 0].item() == pytest.approx((values[0] - values[1]) / (2 * eps), rel=1e-6)
+
+
+def test_accuracy_binary_uses_sign_of_logit_and_multiclass_argmax():
+    assert accuracy(torch.tensor([[0.3], [-0.2], [0.9], [0.1]]), torch.tensor([1, 1, 1, 0]), 2).item() == 0.5
+    logits = torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert accuracy(logits, torch.tensor([1, 0, 0]), 3).item() == pytest.approx(2 / 3)

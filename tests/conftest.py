@@ -1,0 +1,40 @@
+"""Shared test helpers: compose the real config tree with a temporary output dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import metairm_pl.config_schema  # noqa: F401  (registers schemas)
+from metairm_pl.resolvers import register_resolvers
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
+
+
+def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
+    """The composed training config, as train.py would see it, writing into ``output_dir``."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.data_dir = str(output_dir / "no-data-here")
+        cfg.paths.output_root = str(output_dir)
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(overrides: list[str], name: str = "run") -> DictConfig:
+        return compose_config(QUIET + overrides, tmp_path / name)
+
+    return make

@@ -1,0 +1,94 @@
+"""Bad input gives one clear error naming the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from metairm_pl.errors import ConfigError, DataUnavailableError
+from metairm_pl.run import train, user_error_in
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["data=synthetic", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+
+
+def failure_of(make_config, overrides):
+    """The user error raised when training with ``overrides`` (unwrapping Hydra's wrapper)."""
+    cfg = make_config(overrides)
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    error = user_error_in(info.value)
+    assert error is not None, f"not a user error: {info.value!r}"
+    assert not (Path(cfg.paths.output_dir) / "done").exists()
+    return str(error)
+
+
+def test_unknown_key_fails_at_composition(make_config):
+    with pytest.raises(ConfigCompositionException) as info:
+        make_config(["algorithm.lrr=0.1"])
+    assert "lrr" in str(info.value.__cause__ or info.value)
+
+
+def test_added_unknown_key_names_key_and_allowed_keys(make_config):
+    message = failure_of(make_config, SHORT + ["+algorithm.lrr=0.1"])
+    assert "lrr" in message and "allowed keys" in message and "l2_weight" in message
+
+
+def test_wrong_type_fails_at_composition(make_config):
+    with pytest.raises(ConfigCompositionException) as info:
+        make_config(["algorithm.l2_weight=abc"])
+    cause = info.value.__cause__
+    assert isinstance(cause, (ValidationError, ConfigKeyError)) and "l2_weight" in str(cause)
+
+
+def test_probability_outside_unit_interval(make_config):
+    message = failure_of(make_config, SHORT + ["data.train_envs=[{name:a,p_color:1.5},{name:b,p_color:0.1}]"])
+    assert "p_color=1.5" in message and "[0, 1]" in message
+
+
+def test_empty_env_list(make_config):
+    message = failure_of(make_config, SHORT + ["data.test_envs=[]"])
+    assert "test_envs is empty" in message
+
+
+def test_env_size_beyond_data(make_config):
+    message = failure_of(
+        make_config,
+        ["data=cmnist", "data.train_envs=[{name:a,p_color:0.1,size:30000},{name:b,p_color:0.2,size:25000}]"],
+    )
+    assert "size=30000" in message and "25000" in message
+
+
+def test_fewer_envs_than_the_algorithm_needs(make_config):
+    message = failure_of(make_config, SHORT + ["algorithm=irm", "data.train_envs=[{name:a,p_color:0.1}]"])
+    assert "at least 2 training environments" in message and "provides 1" in message
+
+
+def test_missing_mnist_without_a_way_to_fetch_it(make_config):
+    message = failure_of(make_config, ["data=cmnist", "data.allow_download=false"])
+    assert "train-images-idx3-ubyte" in message
+
+
+def test_cli_reports_one_paragraph_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", *SHORT, "data.val_fraction=2", "logger=none",
+         "trainer.enable_progress_bar=false", f"paths.output_root={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "val_fraction=2" in result.stderr and "[0, 1]" in result.stderr
+
+
+def test_cli_unknown_algorithm_lists_valid_ones(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "train.py", "algorithm=nope", f"paths.output_root={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "nope" in result.stderr and "irm" in result.stderr and "meta_irm" in result.stderr

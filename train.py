@@ -1,0 +1,36 @@
+"""Hydra entry point: ``python train.py algorithm=irm data=cmnist [key=value ...]``.
+
+Composes ``conf/``, runs :func:`metairm_pl.run.train`, and reports bad input as one
+paragraph (exit code 2) instead of a traceback.
+"""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
+from metairm_pl.resolvers import register_resolvers
+from metairm_pl.run import summary_lines, train, user_error_in
+
+register_resolvers()
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    try:
+        final = train(cfg)
+    except Exception as error:  # noqa: BLE001 - user errors become one readable paragraph
+        user_error = user_error_in(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+    for line in summary_lines(final):
+        logging.getLogger("train").info(line)
+    return float(final["metrics"].get(cfg.get("objective_metric", ""), final["summary"]["train_acc"]))
+
+
+if __name__ == "__main__":
+    main()
