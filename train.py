@@ -8,7 +8,9 @@ import logging
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
 from metairm_pl.resolvers import register_resolvers
@@ -17,8 +19,18 @@ from metairm_pl.run import summary_lines, train, user_error_in
 register_resolvers()
 
 
+def quiet_under_sweeps(cfg: DictConfig) -> None:
+    """No progress bar for the jobs of a multirun, unless the command line asks for one."""
+    hydra_cfg = HydraConfig.get()
+    overridden = any(o.startswith("trainer.enable_progress_bar=") for o in hydra_cfg.overrides.task)
+    if hydra_cfg.mode == RunMode.MULTIRUN and not overridden:
+        with open_dict(cfg):
+            cfg.trainer.enable_progress_bar = False
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    quiet_under_sweeps(cfg)
     try:
         final = train(cfg)
     except Exception as error:  # noqa: BLE001 - user errors become one readable paragraph

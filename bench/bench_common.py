@@ -43,11 +43,11 @@ LABEL_NOISE = 0.25
 
 def quiet_lightning() -> None:
     """Silence Lightning's informational banner lines and known harmless warnings."""
+    import pytorch_lightning  # noqa: F401  (its import sets its loggers' levels; override after)
+
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*infinite.*")
 
 
 def configure_torch(threads: Optional[int], deterministic: bool) -> None:

@@ -37,6 +37,21 @@ class ColoredMNISTConfig:
     batch_size: Optional[int] = None
     allow_download: bool = True
     train_pool_size: int = 50000
+    train_env_size: Optional[int] = None
+    label_noise_gap: float = 0.0
+
+
+@dataclass
+class PatchEnvConfig(EnvConfig):
+    p_patch: float = MISSING  # patch id = label flipped with this probability
+
+
+@dataclass
+class ColoredMNISTPatchConfig(ColoredMNISTConfig):
+    _target_: str = "metairm_pl.data.cmnist_patch.ColoredMNISTPatchDataModule"
+    name: str = "cmnist_patch"
+    train_envs: List[PatchEnvConfig] = MISSING
+    test_envs: List[PatchEnvConfig] = MISSING
 
 
 @dataclass
@@ -47,6 +62,26 @@ class SyntheticConfig:
     test_envs: List[EnvConfig] = MISSING
     n_features: int = 8
     val_fraction: float = 0.2
+    data_seed: int = "${data_seed}"  # type: ignore[assignment]
+    full_batch: bool = True
+    batch_size: Optional[int] = None
+
+
+@dataclass
+class PunctuatedSST2Config:
+    _target_: str = "metairm_pl.data.psst2.PunctuatedSST2DataModule"
+    name: str = "psst2"
+    data_dir: str = MISSING
+    train_file: str = "train.tsv"
+    dev_file: str = "dev.tsv"
+    glove_file: str = MISSING
+    embedding_dim: Optional[int] = None  # when set, must equal the GloVe file's dimension
+    artifact: str = "punctuation"  # or "none" (grayscale oracle data)
+    p_label_noise: float = 0.25  # eta; the env lists interpolate it
+    trailing_punctuation: List[str] = field(default_factory=lambda: [".", "!", "?"])
+    train_envs: List[EnvConfig] = MISSING
+    test_envs: List[EnvConfig] = MISSING
+    val_fraction: float = 0.1
     data_seed: int = "${data_seed}"  # type: ignore[assignment]
     full_batch: bool = True
     batch_size: Optional[int] = None
@@ -82,7 +117,9 @@ class MetaIRMConfig(AlgorithmConfig):
 
 SCHEMAS = {
     ("data", "schema_cmnist"): ColoredMNISTConfig,
+    ("data", "schema_cmnist_patch"): ColoredMNISTPatchConfig,
     ("data", "schema_synthetic"): SyntheticConfig,
+    ("data", "schema_psst2"): PunctuatedSST2Config,
     ("algorithm", "schema_algorithm"): AlgorithmConfig,
     ("algorithm", "schema_meta_irm"): MetaIRMConfig,
 }

@@ -54,7 +54,8 @@ def build_datamodule(cfg: DictConfig):
 
 def build_algorithm(cfg: DictConfig, datamodule) -> pl.LightningModule:
     num_outputs = 1 if datamodule.num_classes == 2 else datamodule.num_classes
-    network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=num_outputs)
+    data_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
+    network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=num_outputs, **data_kwargs)
     algorithm_cfg = OmegaConf.masked_copy(cfg.algorithm, [k for k in cfg.algorithm if k != "name"])
     check_known_keys("algorithm", algorithm_cfg, ignore=("network", "num_classes"))
     algorithm = instantiate(algorithm_cfg, network=network, num_classes=datamodule.num_classes)
@@ -129,6 +130,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=build_callbacks(cfg) + [writer], logger=loggers or False, default_root_dir=str(run_dir)
     )
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)
     status = "failed"
     try:
         trainer.fit(algorithm, datamodule=datamodule)
@@ -161,11 +165,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 wandb.finish(exit_code=0 if status == "success" else 1)
 
 
-def user_error_in(error: BaseException) -> Optional[UserError]:
-    """The UserError that caused ``error`` (Hydra wraps constructor errors), if any."""
+def user_error_in(error: BaseException) -> Optional[Exception]:
+    """The user error behind ``error`` (Hydra wraps constructor errors), if any: one of ours,
+    or an OmegaConf config error such as a missing mandatory value."""
+    from omegaconf.errors import OmegaConfBaseException
+
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
+        if isinstance(error, (UserError, OmegaConfBaseException)):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

@@ -345,12 +345,6 @@ def test_full_batch_train_loader_yields_all_train_envs_every_step():
             assert y is dm.splits.train[name][1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="multienv.py train_dataloader: DataLoader(batch_size=None) applies default_convert, "
-    "which shallow-copies the dict (and turns (x, y) tuples into lists) at every step, so the "
-    "yielded batch is a new object each step",
-)
 def test_full_batch_train_loader_yields_the_same_object_every_step():
     dm = built()
     it = iter(dm.train_dataloader())
@@ -376,24 +370,18 @@ def test_eval_loader_yields_one_batch_with_train_val_test():
 
 def test_transfer_batch_to_device_caches_the_copy():
     dm = built()
-    batch = dm.splits.train
+    batch = next(iter(dm.train_dataloader()))
     cpu = torch.device("cpu")
     first = dm.transfer_batch_to_device(batch, cpu, 0)
     second = dm.transfer_batch_to_device(batch, cpu, 0)
     assert first is second
     assert torch.equal(first["env0"][0], batch["env0"][0])
-    eval_batch = dm.splits.as_eval_batch()
+    eval_batch = next(iter(dm.val_dataloader()))
     e1 = dm.transfer_batch_to_device(eval_batch, cpu, 0)
     assert dm.transfer_batch_to_device(eval_batch, cpu, 0) is e1
     assert e1 is not first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="multienv.py: transfer_batch_to_device caches by id(batch) but the full-batch "
-    "train_dataloader yields a fresh dict each step, so every step misses the cache, copies "
-    "again and keeps the previous copy alive (_device_copies grows by one entry per step)",
-)
 def test_transfer_cache_hits_for_batches_from_the_train_loader():
     dm = built()
     it = iter(dm.train_dataloader())
@@ -426,3 +414,21 @@ def test_minibatch_mode_uses_combined_loader():
             assert env_y[match[0]] == label
     # max_size_cycle over two envs of 100 with batch 16 -> 7 batches
     assert sum(1 for _ in iter(loader)) == 7
+
+
+def test_eval_loader_yields_the_same_object_on_every_pass():
+    dm = built()
+    loader = dm.val_dataloader()
+    first, second = next(iter(loader)), next(iter(loader))
+    assert first is second
+
+
+def test_minibatches_of_an_env_named_train_are_not_cached():
+    dm = ColoredMNISTDataModule(
+        [{"name": "train", "p_color": 0.1, "size": 64}], [{"name": "t", "p_color": 0.9}],
+        train_pool_size=POOL, mnist_loader=lambda: ARRAYS, full_batch=False, batch_size=16,
+    )
+    dm.setup()
+    for batch, _, _ in dm.train_dataloader():
+        dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert len(dm._device_copies) == 0

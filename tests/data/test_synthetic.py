@@ -194,4 +194,5 @@ def test_envs_are_sampled_independently():
     )
     dm.setup()
     assert not torch.equal(dm.splits.train["a"][0], dm.splits.train["b"][0])
-    assert not torch.equal(dm.splits.train["a"][0], dm.splits.val["a"][0][:13])
+    assert dm.splits.val["a"][0].shape == (13, 8)
+    assert not torch.equal(dm.splits.train["a"][0][:13], dm.splits.val["a"][0])

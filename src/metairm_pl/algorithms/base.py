@@ -52,11 +52,15 @@ def accuracy(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
 
 
 def irm_penalty(logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """IRMv1 penalty: squared gradient of the risk w.r.t. a dummy scale ``w = 1.0`` on the logits.
+    """IRMv1 penalty: squared norm of the gradient of the risk w.r.t. a dummy scale 1.0 on the logits.
 
+    One logit (binary): a scalar scale, as the IRM code.  k logits: one scale per class,
+    shape ``(1, k)``, as the k-class Colored MNIST code of Choe et al. 2020
+    (kakaobrain/irm-empirical-study); the penalty is the sum of the k squared gradients.
     Differentiable w.r.t. ``logits`` (``create_graph=True``), so it can be trained on.
     """
-    scale = torch.ones((), dtype=logits.dtype, device=logits.device, requires_grad=True)
+    scale_shape = () if logits.shape[-1] == 1 else (1, logits.shape[-1])
+    scale = torch.ones(scale_shape, dtype=logits.dtype, device=logits.device, requires_grad=True)
     (grad,) = torch.autograd.grad(risk_fn(logits * scale, y), [scale], create_graph=True)
     return grad.pow(2).sum()
 
@@ -147,6 +151,15 @@ class MultiEnvAlgorithm(pl.LightningModule):
         optimizer.step()
         self._check_parameters_finite(step)
 
+        if self._is_logging_step():
+            self._log_step(loss, objective, penalty, step)
+        return loss.detach()
+
+    def _is_logging_step(self) -> bool:
+        trainer = self._trainer
+        return trainer is not None and trainer.logger is not None and self.global_step % trainer.log_every_n_steps == 0
+
+    def _log_step(self, loss: Tensor, objective: Objective, penalty: Tensor, step: int) -> None:
         logs = {
             "step/loss": loss.detach(),
             "step/risk": objective.risk.detach(),
@@ -155,15 +168,19 @@ class MultiEnvAlgorithm(pl.LightningModule):
         }
         logs.update({f"step/{k}": v.detach() for k, v in objective.logs.items()})
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
-        return loss.detach()
 
     def _check_finite(self, step: int, terms: Mapping[str, Tensor]) -> None:
+        if bool(torch.stack([value.detach().float().sum() for value in terms.values()]).isfinite().all()):
+            return  # one host sync per step in the common case
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
         if bad:
             values = ", ".join(f"{name}={terms[name].item()}" for name in bad)
             raise DivergenceError(f"{self.name}: loss term(s) {bad} not finite at step {step} ({values}).")
 
     def _check_parameters_finite(self, step: int) -> None:
+        params = [p.detach().sum() for p in self.network.parameters()]
+        if bool(torch.stack(params).isfinite().all()):
+            return
         for name, param in self.network.named_parameters():
             if not torch.isfinite(param).all():
                 raise DivergenceError(f"{self.name}: parameter {name!r} became non-finite after step {step}.")

@@ -6,6 +6,7 @@ import math
 from typing import Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 
 from metairm_pl.errors import ConfigError
 
@@ -52,7 +53,7 @@ class StdThresholdEarlyStopping(pl.Callback):
         step = int(trainer.global_step)
         std = population_std(self.losses(pl_module.eval_metrics))
         self.std_history.append((step, std))
-        if self.stop_step is None and step >= self.min_steps and std < self.std_threshold and trainer.training:
+        if self.stop_step is None and step >= self.min_steps and std < self.std_threshold and self._fitting(trainer):
             self.stop_step = step
             trainer.should_stop = True
         extra = getattr(pl_module, "extra_metrics", {})
@@ -64,6 +65,11 @@ class StdThresholdEarlyStopping(pl.Callback):
             }
         )
         pl_module.extra_metrics = extra
+
+    @staticmethod
+    def _fitting(trainer: pl.Trainer) -> bool:
+        """True inside ``Trainer.fit`` (not in a stand-alone ``Trainer.validate``)."""
+        return trainer.state.fn == TrainerFn.FITTING
 
     def state_dict(self) -> dict:
         return {"stop_step": self.stop_step, "std_history": self.std_history}

@@ -40,6 +40,15 @@ class EnvironmentSplits:
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class FullBatch(dict):
+    """A whole multi-env batch served as one object; moved to a device once and cached."""
+
+
+def _as_is(item):
+    """``collate_fn`` that hands the dataset's item over unchanged (no copy, no conversion)."""
+    return item
+
+
 class _RepeatForever(IterableDataset):
     """Yields the same object at every step (full-batch training)."""
 
@@ -76,6 +85,7 @@ class MultiEnvDataModule(pl.LightningDataModule):
         self.data_seed = data_seed
         self.splits: Optional[EnvironmentSplits] = None
         self._device_copies: dict = {}
+        self._full_batches: dict[str, FullBatch] = {}
 
     # -- to implement -------------------------------------------------------------------
     def build_environments(self) -> EnvironmentSplits:
@@ -107,7 +117,7 @@ class MultiEnvDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         splits = self._require_splits()
         if self.full_batch:
-            return DataLoader(_RepeatForever(splits.train), batch_size=None)
+            return DataLoader(_RepeatForever(self._full_batch("train", splits.train)), batch_size=None, collate_fn=_as_is)
         loaders = {}
         for index, (name, (x, y)) in enumerate(splits.train.items()):
             generator = torch.Generator().manual_seed(self.data_seed * 1000 + index)
@@ -117,14 +127,15 @@ class MultiEnvDataModule(pl.LightningDataModule):
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self):
-        return DataLoader(_Once(self._require_splits().as_eval_batch()), batch_size=None)
+        eval_batch = self._full_batch("eval", self._require_splits().as_eval_batch())
+        return DataLoader(_Once(eval_batch), batch_size=None, collate_fn=_as_is)
 
     def test_dataloader(self):
         return self.val_dataloader()
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """Copy a full-batch object to ``device`` once and reuse the copy at every step."""
-        if not self.full_batch and isinstance(batch, dict) and "train" not in batch:
+        """Copy a :class:`FullBatch` to ``device`` once and reuse the copy at every step."""
+        if not isinstance(batch, FullBatch):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         key = (id(batch), str(device))
         cached = self._device_copies.get(key)
@@ -132,6 +143,12 @@ class MultiEnvDataModule(pl.LightningDataModule):
             cached = (batch, super().transfer_batch_to_device(batch, device, dataloader_idx))
             self._device_copies[key] = cached
         return cached[1]
+
+    def _full_batch(self, kind: str, content: dict) -> FullBatch:
+        """The one FullBatch of each kind, so every loader reuses the same device copy."""
+        if kind not in self._full_batches:
+            self._full_batches[kind] = FullBatch(content)
+        return self._full_batches[kind]
 
     def _require_splits(self) -> EnvironmentSplits:
         if self.splits is None:

@@ -1,0 +1,131 @@
+"""Colored MNIST with a second spurious feature, a corner patch (Meta-IRM §4.4, Table 4).
+
+After Ahuja et al. (2020): the patch id ``z'`` is the label flipped with probability
+``p_patch`` (the paper's ``p_{e_2}``), drawn independently of the colour given the label.
+``z' = 0`` sets the 3x3 block in the top-left corner, ``z' = 1`` the 2x2 block in the
+bottom-right corner.
+
+Decisions:
+
+* image size: the patch is drawn on the 14x14 model input (after the ``[::2, ::2]``
+  subsample), so 3x3 and 2x2 are the sizes the network sees;
+* value and channels: 1.0 (the maximum intensity after the division by 255) in *every*
+  colour channel, so the patch carries no colour; a digit pixel is non-zero in one channel
+  only, hence a patched pixel is never confused with a digit pixel;
+* randomness: digits, labels and colours are exactly those of ``data=cmnist`` with the same
+  environments and ``data_seed`` (the parent builds them); the patch ids are drawn afterwards,
+  env by env (train, val, test), from a second generator derived from ``data_seed``
+  (:func:`patch_generator`).
+
+Binary labels only (``num_classes = 2``): there are two patches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from metairm_pl.data.cmnist import TRAIN_POOL_SIZE, ColoredMNISTDataModule
+from metairm_pl.data.environments import EnvSpec, check_probability, flip_with_probability
+from metairm_pl.data.multienv import EnvironmentSplits
+from metairm_pl.errors import ConfigError
+
+PATCH_VALUE = 1.0  # max pixel intensity after /255, written in every colour channel
+TOP_LEFT_SIDE = 3  # patch of z' = 0
+BOTTOM_RIGHT_SIDE = 2  # patch of z' = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchEnvSpec(EnvSpec):
+    """An :class:`EnvSpec` plus ``p_patch``, the probability that the patch id is not the label."""
+
+    p_patch: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_probability(f"env {self.name}: p_patch", self.p_patch)
+
+
+def parse_patch_env(kind: str, env) -> PatchEnvSpec:
+    """A PatchEnvSpec from a config mapping; ConfigError when ``p_patch`` is missing."""
+    if isinstance(env, PatchEnvSpec):
+        return env
+    fields = asdict(env) if isinstance(env, EnvSpec) else dict(env)
+    if "p_patch" not in fields:
+        raise ConfigError(
+            f"data.{kind}: env {fields.get('name')!r} has no p_patch: every cmnist_patch env "
+            "needs a patch flip rate in [0, 1]."
+        )
+    return PatchEnvSpec(**fields)
+
+
+def patch_generator(data_seed: int) -> torch.Generator:
+    """The generator of the patch draws: seeded from ``data_seed``, distinct from the colour one."""
+    digest = hashlib.sha256(f"cmnist_patch:{int(data_seed)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:4], "little"))
+
+
+def add_patches(x: Tensor, patch_ids: Tensor) -> Tensor:
+    """A copy of ``x`` ``[n, C, H, W]`` with each example's patch set to PATCH_VALUE in all channels."""
+    x = x.clone()
+    x[patch_ids == 0, :, :TOP_LEFT_SIDE, :TOP_LEFT_SIDE] = PATCH_VALUE
+    x[patch_ids == 1, :, -BOTTOM_RIGHT_SIDE:, -BOTTOM_RIGHT_SIDE:] = PATCH_VALUE
+    return x
+
+
+def patch_environment(x: Tensor, y: Tensor, p_patch: float, generator: torch.Generator) -> Tensor:
+    """``x`` with patches whose ids are the labels ``y`` flipped with probability ``p_patch``."""
+    return add_patches(x, flip_with_probability(y, p_patch, 2, generator))
+
+
+class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
+    """Colored MNIST plus the corner patch (see module docstring); envs need ``p_patch``."""
+
+    def __init__(
+        self,
+        train_envs: Sequence,
+        test_envs: Sequence,
+        data_dir: str = "data",
+        name: str = "cmnist_patch",
+        num_classes: int = 2,
+        val_fraction: float = 0.1,
+        val_source: str = "heldout",
+        data_seed: int = 0,
+        full_batch: bool = True,
+        batch_size: Optional[int] = None,
+        allow_download: bool = True,
+        train_pool_size: int = TRAIN_POOL_SIZE,
+        mnist_loader: Optional[Callable] = None,
+    ) -> None:
+        if num_classes != 2:
+            raise ConfigError(
+                f"data.num_classes={num_classes!r} is not allowed for cmnist_patch: use 2 (two patches)."
+            )
+        super().__init__(
+            train_envs=[parse_patch_env("train_envs", env) for env in train_envs or []],
+            test_envs=[parse_patch_env("test_envs", env) for env in test_envs or []],
+            data_dir=data_dir,
+            name=name,
+            num_classes=num_classes,
+            val_fraction=val_fraction,
+            val_source=val_source,
+            data_seed=data_seed,
+            full_batch=full_batch,
+            batch_size=batch_size,
+            allow_download=allow_download,
+            train_pool_size=train_pool_size,
+            mnist_loader=mnist_loader,
+        )
+
+    def build_environments(self) -> EnvironmentSplits:
+        splits = super().build_environments()
+        generator = patch_generator(self.data_seed)
+        p_patch = {spec.name: spec.p_patch for spec in self.train_specs + self.test_specs}
+        for envs in (splits.train, splits.val, splits.test):
+            for name, (x, y) in envs.items():
+                envs[name] = (patch_environment(x, y, p_patch[name], generator), y)
+        return splits

@@ -1,0 +1,269 @@
+"""PunctuatedSST-2 (Choe et al. 2020; Meta-IRM paper, appendix B) as a multi-environment DataModule.
+
+Construction, per example (as Colored MNIST, with a punctuation mark for the colour):
+the SST-2 label is flipped with ``p_label_noise`` (eta) to give ``y``; the mark id ``z`` is
+``y`` flipped with the env's ``p_color`` (p_e); with ``artifact="punctuation"`` a trailing
+token in ``trailing_punctuation`` (``.``, ``!``, ``?``) is dropped and exactly one mark is
+appended: ``!`` if ``z = 0``, ``.`` if ``z = 1``.  (The reference drops a trailing token
+that is any ASCII punctuation, ``,`` and ``'`` included; set ``trailing_punctuation`` to
+match it.)  ``artifact="none"`` (the grayscale
+oracle data) leaves the text unchanged, as the reference's ``grayscale`` version does; ``z``
+is still drawn, so for one ``data_seed`` both variants have identical labels.
+
+Splits (reference: kakaobrain/irm-empirical-study, ``punctuated_sst2/make_environments.py``):
+
+* training envs: the SST-2 ``train.tsv`` rows (67,349), shuffled with ``data_seed`` and
+  dealt by interleaving (env i takes rows ``i, i+n, ...``), each truncated to its ``size``.
+  The reference assigns rows to envs at random and then oversamples the smaller env to equal
+  length (duplicates); interleaving gives equal sizes without duplicates;
+* validation: ``val_fraction`` x ``size`` of each training env's examples, carved out of
+  it (its training part shrinks), built with that env's parameters (the reference has no validation split; it evaluates
+  in-distribution envs on thirds of ``dev.tsv``);
+* test envs: every test env is built from all of ``dev.tsv`` (872 rows, or its first
+  ``size``), each with its own draws.  The reference splits ``dev.tsv`` into thirds (two
+  in-distribution envs and the p_e = 0.9 env, ~291 rows each); the whole dev set gives the
+  test accuracy a smaller standard error.
+
+Inputs: ``x`` is int64 ``[n, max_len]`` of token ids, 0 = padding, one width for all envs;
+tokens are ``sentence.lower().split()``; tokens without a GloVe vector are dropped from the
+bag (see :mod:`metairm_pl.data.glove`).  The network gets the embedding table through
+:meth:`PunctuatedSST2DataModule.model_kwargs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from metairm_pl.data.environments import EnvSpec, check_probability, flip_with_probability, parse_env_specs
+from metairm_pl.data.glove import Coverage, EmbeddingTable, build_embedding, pad_ids, read_glove
+from metairm_pl.data.multienv import EnvironmentSplits, MultiEnvDataModule
+from metairm_pl.errors import ConfigError, DataCorruptedError, DataUnavailableError
+
+log = logging.getLogger(__name__)
+
+ARTIFACTS = ("punctuation", "none")
+HEADER = "sentence\tlabel"
+MARKS = ("!", ".")  # MARKS[z]: "!" for z = 0, "." for z = 1
+DEFAULT_TRAILING = (".", "!", "?")
+
+
+@dataclass(frozen=True)
+class Sentences:
+    """Tokenized sentences and their int64 labels (0/1)."""
+
+    tokens: list[list[str]]
+    labels: Tensor
+
+
+def tokenize(sentence: str) -> list[str]:
+    return sentence.lower().split()
+
+
+def _parse_row(path: Path, number: int, raw: bytes) -> tuple[list[str], int]:
+    where = f"SST-2 file {path}, line {number}"
+    try:
+        fields = raw.decode("utf-8").rstrip("\r\n").split("\t")
+    except UnicodeDecodeError as error:
+        raise DataCorruptedError(f"{where}: not UTF-8 ({error}).")
+    if len(fields) != 2:
+        raise DataCorruptedError(f"{where}: found {len(fields)} tab-separated field(s), expected 2 (sentence, label).")
+    sentence, label = fields
+    if label not in ("0", "1"):
+        raise DataCorruptedError(f"{where}: label {label!r} is not allowed, expected 0 or 1.")
+    tokens = tokenize(sentence)
+    if not tokens:
+        raise DataCorruptedError(f"{where}: the sentence is empty.")
+    return tokens, int(label)
+
+
+def read_sst2_tsv(path: str | Path, config_key: str) -> Sentences:
+    """Read a GLUE SST-2 TSV (header ``sentence<TAB>label``, labels 0/1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataUnavailableError(
+            f"SST-2 file {path} does not exist: set {config_key} (or data.data_dir, default "
+            "$METAIRM_PSST2_DIR) to the GLUE SST-2 file."
+        )
+    tokens, labels = [], []
+    with path.open("rb") as handle:
+        header = handle.readline().decode("utf-8", "replace").rstrip("\r\n")
+        if header != HEADER:
+            raise DataCorruptedError(f"SST-2 file {path}, line 1: header {header!r}, expected {HEADER!r}.")
+        for number, raw in enumerate(handle, start=2):
+            sentence_tokens, label = _parse_row(path, number, raw)
+            tokens.append(sentence_tokens)
+            labels.append(label)
+    if not tokens:
+        raise DataCorruptedError(f"SST-2 file {path} has a header but no rows.")
+    return Sentences(tokens=tokens, labels=torch.tensor(labels, dtype=torch.long))
+
+
+def punctuate(tokens: Sequence[str], mark_id: int, trailing: Sequence[str] = DEFAULT_TRAILING) -> list[str]:
+    """Drop one trailing token in ``trailing`` if present, then append ``MARKS[mark_id]``."""
+    kept = list(tokens[:-1]) if tokens and tokens[-1] in trailing else list(tokens)
+    return kept + [MARKS[mark_id]]
+
+
+def draw_labels_and_marks(
+    clean_labels: Tensor, spec: EnvSpec, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``y`` = clean label flipped w.p. ``p_label_noise``; mark id ``z`` = ``y`` flipped w.p. ``p_color``."""
+    labels = flip_with_probability(clean_labels, spec.p_label_noise, 2, generator)
+    marks = flip_with_probability(labels, spec.p_color, 2, generator)
+    return labels, marks
+
+
+class PunctuatedSST2DataModule(MultiEnvDataModule):
+    """PunctuatedSST-2 environments over GloVe token ids (see module docstring).
+
+    ``name`` should carry the GloVe dimension (the preset's ``psst2_glove50d_...``);
+    :attr:`embedding_dim` is the dimension actually read, and ``embedding_dim`` in the
+    config, when set, must match the file.  File names are relative to ``data_dir``
+    (absolute ones are used as they are).  ``p_label_noise`` is the eta that the preset's
+    env lists interpolate (validated and kept for labelling); each env's own
+    ``p_label_noise`` is what is applied.
+    """
+
+    def __init__(
+        self,
+        train_envs: Sequence,
+        test_envs: Sequence,
+        data_dir: str = ".",
+        train_file: str = "train.tsv",
+        dev_file: str = "dev.tsv",
+        glove_file: str = "glove.6B.50d.sst2.txt.gz",
+        embedding_dim: Optional[int] = None,
+        name: str = "psst2",
+        artifact: str = "punctuation",
+        p_label_noise: float = 0.25,
+        trailing_punctuation: Sequence[str] = DEFAULT_TRAILING,
+        val_fraction: float = 0.1,
+        data_seed: int = 0,
+        full_batch: bool = True,
+        batch_size: Optional[int] = None,
+    ) -> None:
+        super().__init__(full_batch=full_batch, batch_size=batch_size, data_seed=data_seed)
+        self.name = name
+        self.train_specs = parse_env_specs("train_envs", train_envs)
+        self.test_specs = parse_env_specs("test_envs", test_envs)
+        overlap = {s.name for s in self.train_specs} & {s.name for s in self.test_specs}
+        if overlap:
+            raise ConfigError(f"data: env names {sorted(overlap)} are used for both train and test envs.")
+        if artifact not in ARTIFACTS:
+            raise ConfigError(f"data.artifact={artifact!r} is not allowed: use one of {list(ARTIFACTS)}.")
+        if embedding_dim is not None and (isinstance(embedding_dim, bool) or embedding_dim <= 0):
+            raise ConfigError(f"data.embedding_dim={embedding_dim!r} is not allowed: use a positive integer or null.")
+        if isinstance(trailing_punctuation, str) or not all(isinstance(t, str) and t for t in trailing_punctuation):
+            raise ConfigError(
+                f"data.trailing_punctuation={trailing_punctuation!r} is not allowed: use a list of non-empty tokens."
+            )
+        self.p_label_noise = check_probability("data.p_label_noise", p_label_noise)
+        self.val_fraction = check_probability("data.val_fraction", val_fraction)
+        self.artifact = artifact
+        self.trailing_punctuation = tuple(trailing_punctuation)
+        self.expected_dim = embedding_dim
+        self.files = {key: Path(data_dir) / file for key, file in
+                      (("train_file", train_file), ("dev_file", dev_file), ("glove_file", glove_file))}
+        self.table: Optional[EmbeddingTable] = None
+        self.coverage: Optional[Coverage] = None
+
+    # -- information for the network and the records --------------------------------
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dimension of the GloVe vectors read (label results with it, e.g. 50d vs 300d)."""
+        return self._require_table().dim
+
+    def model_kwargs(self) -> dict:
+        """Extra constructor arguments of the network: the frozen embedding table."""
+        return {"embeddings": self._require_table().vectors}
+
+    def _require_table(self) -> EmbeddingTable:
+        self._require_splits()
+        return self.table
+
+    # -- construction ------------------------------------------------------------------
+    def build_environments(self) -> EnvironmentSplits:
+        start = time.perf_counter()
+        train_rows = read_sst2_tsv(self.files["train_file"], "data.train_file")
+        dev_rows = read_sst2_tsv(self.files["dev_file"], "data.dev_file")
+        self.table, self.coverage = self._load_embedding(train_rows.tokens + dev_rows.tokens)
+        generator = torch.Generator().manual_seed(int(self.data_seed))
+        order = torch.randperm(len(train_rows.tokens), generator=generator)
+        train, val = self._build_train_envs(train_rows, order, generator)
+        test = {spec.name: self._build_env(dev_rows, self._test_rows(spec, dev_rows), spec, generator)
+                for spec in self.test_specs}
+        splits = self._pad(EnvironmentSplits(train=train, val=val, test=test))
+        log.info("PunctuatedSST-2 (GloVe %dd, artifact=%s) built in %.1f s: %s.", self.table.dim, self.artifact,
+                 time.perf_counter() - start, self._describe_sizes(splits))
+        return splits
+
+    def _load_embedding(self, corpus: list[list[str]]) -> tuple[EmbeddingTable, Coverage]:
+        """GloVe table for the SST-2 tokens (+ the marks, which must have vectors); coverage of the raw text."""
+        required = MARKS if self.artifact == "punctuation" else ()
+        keep = {token for tokens in corpus for token in tokens} | set(required)
+        glove = read_glove(self.files["glove_file"], expected_dim=self.expected_dim, keep=keep)
+        return build_embedding(glove, corpus, required=required)
+
+    def _build_train_envs(self, rows: Sentences, order: Tensor, generator: torch.Generator):
+        n_envs = len(self.train_specs)
+        share = len(order) // n_envs
+        train, val = {}, {}
+        for index, spec in enumerate(self.train_specs):
+            size = self._check_size(spec, share, f"{len(order)} SST-2 training rows shared by {n_envs} envs")
+            val_size = int(round(self.val_fraction * size))
+            if val_size >= size:
+                raise ConfigError(
+                    f"data.val_fraction={self.val_fraction} leaves no training examples in env {spec.name} "
+                    f"({size} examples): use a value below 1."
+                )
+            x_ids, y = self._build_env(rows, order[index::n_envs][:size], spec, generator)
+            train[spec.name] = (x_ids[val_size:], y[val_size:])
+            if val_size:
+                val[spec.name] = (x_ids[:val_size], y[:val_size])
+        return train, val
+
+    @staticmethod
+    def _check_size(spec: EnvSpec, available: int, what: str) -> int:
+        if spec.size is not None and spec.size > available:
+            raise ConfigError(f"env {spec.name}: size={spec.size} exceeds the data available to it: {what} "
+                              f"give at most {available}.")
+        return spec.size or available
+
+    def _test_rows(self, spec: EnvSpec, rows: Sentences) -> Tensor:
+        size = self._check_size(spec, len(rows.tokens), f"the {len(rows.tokens)} SST-2 dev rows")
+        return torch.arange(size)
+
+    def _build_env(self, rows: Sentences, indices: Tensor, spec: EnvSpec, generator: torch.Generator):
+        """``(list of token-id lists, y)`` of one env over ``rows[indices]`` (padded later)."""
+        labels, marks = draw_labels_and_marks(rows.labels[indices], spec, generator)
+        texts = [rows.tokens[i] for i in indices.tolist()]
+        if self.artifact == "punctuation":
+            texts = [punctuate(t, z, self.trailing_punctuation) for t, z in zip(texts, marks.tolist())]
+        return [self.table.encode(t) for t in texts], labels
+
+    @staticmethod
+    def _pad(splits: EnvironmentSplits) -> EnvironmentSplits:
+        """Pad every env's id lists to one common width (the longest bag of all envs)."""
+        groups = (splits.train, splits.val, splits.test)
+        width = max((len(ids) for group in groups for ids_list, _ in group.values() for ids in ids_list), default=0)
+        empty = sum(not ids for group in groups for ids_list, _ in group.values() for ids in ids_list)
+        if empty:
+            log.warning("%d example(s) have no token with a GloVe vector; their bag embedding is zero.", empty)
+        padded = [{env: (pad_ids(ids, width), y) for env, (ids, y) in group.items()} for group in groups]
+        return EnvironmentSplits(train=padded[0], val=padded[1], test=padded[2])
+
+    @staticmethod
+    def _describe_sizes(splits: EnvironmentSplits) -> str:
+        return "; ".join(f"{kind} " + ", ".join(f"{env}={len(y)}" for env, (_, y) in group.items())
+                         for kind, group in splits.as_eval_batch().items() if group)

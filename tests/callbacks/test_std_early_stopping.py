@@ -1,0 +1,87 @@
+"""StdThresholdEarlyStopping stops exactly at the first evaluation under the threshold."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from pytorch_lightning.trainer.states import TrainerFn
+
+from metairm_pl.callbacks.std_early_stopping import StdThresholdEarlyStopping, population_std
+from metairm_pl.errors import ConfigError
+from metairm_pl.io import read_jsonl
+from metairm_pl.run import train
+
+
+def fake_trainer(step: int):
+    return SimpleNamespace(
+        sanity_checking=False, global_step=step, should_stop=False, state=SimpleNamespace(fn=TrainerFn.FITTING)
+    )
+
+
+def scripted_module(losses: dict[str, float]):
+    metrics = {f"val/{env}/loss": value for env, value in losses.items()}
+    metrics.update({f"test/{env}/loss": 100.0 for env in losses})  # must be ignored
+    return SimpleNamespace(eval_metrics=metrics)
+
+
+def test_population_std_by_hand():
+    assert population_std([1.0, 3.0]) == pytest.approx(1.0)
+    assert population_std([1.0, 2.0, 4.0]) == pytest.approx(math.sqrt(14 / 9))
+
+
+def test_stops_at_first_evaluation_under_threshold():
+    callback = StdThresholdEarlyStopping(std_threshold=0.05, min_steps=0)
+    # stds: 0.25, 0.1, 0.04 (first under 0.05), 0.01
+    script = [(10, (0.5, 1.0)), (20, (0.6, 0.8)), (30, (0.66, 0.74)), (40, (0.69, 0.71))]
+    stops = []
+    for step, (a, b) in script:
+        trainer = fake_trainer(step)
+        callback.on_validation_end(trainer, scripted_module({"e0": a, "e1": b}))
+        stops.append(trainer.should_stop)
+    assert stops == [False, False, True, False]  # stop set once, at step 30
+    assert callback.stop_step == 30
+    assert [round(std, 6) for _, std in callback.std_history] == [0.25, 0.1, 0.04, 0.01]
+
+
+def test_min_steps_delays_the_stop():
+    callback = StdThresholdEarlyStopping(std_threshold=0.05, min_steps=25)
+    for step in (10, 20, 30):
+        trainer = fake_trainer(step)
+        callback.on_validation_end(trainer, scripted_module({"e0": 0.7, "e1": 0.71}))
+        assert trainer.should_stop == (step == 30)
+    assert callback.stop_step == 30
+
+
+@pytest.mark.parametrize("kwargs", [{"std_threshold": 0.0}, {"std_threshold": -1.0}, {"std_threshold": 0.1, "min_steps": -1}])
+def test_bad_settings_are_rejected(kwargs):
+    with pytest.raises(ConfigError):
+        StdThresholdEarlyStopping(**kwargs)
+
+
+def test_needs_two_validation_envs():
+    callback = StdThresholdEarlyStopping(std_threshold=0.1)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        callback.on_validation_end(fake_trainer(1), scripted_module({"e0": 0.5}))
+
+
+def test_real_run_stops_at_the_stop_step_and_keeps_that_model(make_config):
+    # A threshold no run can miss: the first evaluation after min_steps stops training.
+    cfg = make_config(
+        [
+            "data=synthetic",
+            "algorithm=meta_irm",
+            "trainer.max_steps=50",
+            "trainer.val_check_interval=2",
+            "callbacks.std_early_stopping.std_threshold=1000",
+            "callbacks.std_early_stopping.min_steps=4",
+        ]
+    )
+    final = train(cfg)
+    records = read_jsonl(f"{cfg.paths.output_dir}/results.jsonl")
+    assert [r["step"] for r in records] == [2, 4]  # no training step after the stop
+    assert records[-1]["early_stop/stopped"] is True and records[-1]["early_stop/stop_step"] == 4
+    assert records[0]["early_stop/stopped"] is False
+    assert final["step"] == 4 and final["stopped_early"] is True
