@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -12,6 +13,10 @@ from omegaconf import DictConfig, open_dict
 
 import metairm_pl.config_schema  # noqa: F401  (registers schemas)
 from metairm_pl.resolvers import register_resolvers
+
+# One intra-op thread: the tiny test models gain nothing from more, and on a loaded 2-core
+# machine oversubscription makes the suite several times slower.
+torch.set_num_threads(1)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]

@@ -1,6 +1,12 @@
 """One training run from a composed config: build data, network, algorithm, trainer; fit;
 evaluate; write ``config.yaml``, ``results.jsonl``, ``final.json`` and the ``done`` marker.
 
+A run saves ``checkpoints/last.ckpt`` every ``checkpoint_every`` steps.  Launched again on
+a directory with a checkpoint and no ``done`` marker, it resumes from the checkpoint
+(``resume=false``: starts afresh): ``results.jsonl`` is cut back to the checkpoint's step
+and training continues, so in full-batch mode every record and the final results are
+bit-identical to an uninterrupted run (see :mod:`metairm_pl.callbacks.checkpointing`).
+
 ``train(cfg)`` is the callable API (tests and notebooks use it); ``train.py`` wraps it in a
 Hydra app and turns :class:`~metairm_pl.errors.UserError` into one readable paragraph.
 """
@@ -8,8 +14,10 @@ Hydra app and turns :class:`~metairm_pl.errors.UserError` into one readable para
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +26,14 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metairm_pl.callbacks.checkpointing import (
+    CHECKPOINT_DIR,
+    PeriodicCheckpoint,
+    checkpoint_step,
+    last_checkpoint_path,
+    remove_checkpoints,
+    remove_stale_temporaries,
+)
 from metairm_pl.callbacks.results import RESULTS_FILE, ResultsWriter
 from metairm_pl.errors import ConfigError, UserError
 from metairm_pl.io import atomic_write_json, atomic_write_text, read_jsonl
@@ -31,17 +47,29 @@ CONFIG_FILE = "config.yaml"
 CONFIG_ONLY_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
+def accepted_keys(target: type) -> list[str]:
+    """Constructor parameter names of ``target``, following ``**kwargs`` up the class hierarchy."""
+    names: list[str] = []
+    for cls in target.__mro__:
+        if "__init__" not in vars(cls):
+            continue
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        names += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+    return []  # ends in **kwargs all the way up: anything goes
+
+
 def check_known_keys(section: str, node: DictConfig, ignore: tuple[str, ...] = ()) -> None:
     """Raise a ConfigError listing keys of ``node`` that its ``_target_`` does not accept."""
     target = get_class(node["_target_"])
-    parameters = inspect.signature(target).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    allowed = accepted_keys(target) if inspect.isclass(target) else []
+    if not allowed:
         return
-    allowed = [name for name in parameters if name != "self"]
     unknown = [key for key in node if key not in allowed and key not in CONFIG_ONLY_KEYS + ignore]
     if unknown:
         raise ConfigError(
-            f"{section}: unknown key(s) {unknown} for {target.__name__}; allowed keys: {sorted(allowed + list(ignore))}."
+            f"{section}: unknown key(s) {unknown} for {target.__name__}; allowed keys: {sorted(set(allowed) | set(ignore))}."
         )
 
 
@@ -93,14 +121,44 @@ def summarize(record: dict[str, Any], train_envs: list[str], test_envs: list[str
     return summary
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> Optional[dict]:
-    """Return the final results of a finished run (unless ``overwrite``); set aside partial results."""
-    if (run_dir / DONE_MARKER).exists() and (run_dir / FINAL_FILE).exists() and not overwrite:
-        import json
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint an unfinished run continues from, and the step it was saved at."""
 
+    checkpoint: Path
+    step: int
+
+
+def finished_results(run_dir: Path, overwrite: bool) -> Optional[dict]:
+    """The final results of a finished run (``done`` marker), unless ``overwrite``."""
+    if (run_dir / DONE_MARKER).exists() and (run_dir / FINAL_FILE).exists() and not overwrite:
         return json.loads((run_dir / FINAL_FILE).read_text())
+    return None
+
+
+def find_resume_point(run_dir: Path) -> Optional[ResumePoint]:
+    """The run directory's checkpoint, if there is a readable one."""
+    path = last_checkpoint_path(run_dir)
+    if not path.exists():
+        return None
+    try:
+        return ResumePoint(path, checkpoint_step(path))
+    except Exception as error:  # noqa: BLE001 - an unreadable checkpoint means a fresh start
+        log.warning("cannot read checkpoint %s (%s: %s); starting afresh", path, type(error).__name__, error)
+        return None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Optional[ResumePoint]:
+    """Make an unfinished run directory ready: clear the end markers, then either return
+    the checkpoint to resume from (``resume`` and one exists; results are kept) or set
+    partial results aside as ``results.interrupted-<i>.jsonl`` and delete the checkpoint."""
     for name in (DONE_MARKER, FAILED_MARKER, FINAL_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
+    resume_point = find_resume_point(run_dir) if resume else None
+    if resume_point is not None:
+        return resume_point
+    remove_checkpoints(run_dir)
     results = run_dir / RESULTS_FILE
     if results.exists():
         index = 0
@@ -114,10 +172,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the final results mapping."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    finished = prepare_run_dir(run_dir, overwrite=bool(cfg.get("overwrite", False)))
+    overwrite = bool(cfg.get("overwrite", False))
+    finished = finished_results(run_dir, overwrite)
     if finished is not None:
         log.info("run already finished in %s (pass overwrite=true to redo it)", run_dir)
         return finished
+    resume_point = prepare_run_dir(run_dir, resume=bool(cfg.get("resume", True)) and not overwrite)
     atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -126,16 +186,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build_datamodule(cfg)
     algorithm = build_algorithm(cfg, datamodule)
     writer = ResultsWriter(str(run_dir), run_info(cfg))
+    # Last, so a checkpoint after an evaluation holds its record and the callbacks' states.
+    every = cfg.get("checkpoint_every", 0)
+    checkpointer = PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, 0 if every is None else every)
     loggers = build_loggers(cfg)
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=build_callbacks(cfg) + [writer], logger=loggers or False, default_root_dir=str(run_dir)
+        cfg.trainer,
+        callbacks=build_callbacks(cfg) + [writer, checkpointer],
+        logger=loggers or False,
+        default_root_dir=str(run_dir),
     )
+    if resume_point is not None:
+        kept = writer.keep_until(resume_point.step)
+        log.info(
+            "resuming from step %d (%s); kept %d record(s) up to that step",
+            resume_point.step,
+            resume_point.checkpoint,
+            kept,
+        )
+        if not getattr(datamodule, "full_batch", True):
+            log.warning("minibatch mode: the resumed run's data order differs from an uninterrupted run's")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
     status = "failed"
     try:
-        trainer.fit(algorithm, datamodule=datamodule)
+        trainer.fit(
+            algorithm,
+            datamodule=datamodule,
+            ckpt_path=str(resume_point.checkpoint) if resume_point is not None else None,
+        )
         if writer.last_step != trainer.global_step:
             trainer.validate(algorithm, datamodule=datamodule, verbose=False)
         records = read_jsonl(run_dir / RESULTS_FILE)

@@ -298,12 +298,16 @@ def test_bad_config_raises(kwargs, match):
         make_dm(mnist_loader=_never_called, **kwargs)
 
 
-def test_train_and_test_env_names_must_differ():
-    with pytest.raises(ConfigError, match="env0"):
-        ColoredMNISTDataModule(
-            [{"name": "env0", "p_color": 0.1}], [{"name": "env0", "p_color": 0.9}],
-            train_pool_size=POOL, mnist_loader=_never_called,
-        )
+def test_a_test_env_may_share_a_name_with_a_train_env():
+    # Metric keys carry the split (train/p0.1/acc vs test/p0.1/acc), so the p_e sweep's
+    # test env p0.1 may coexist with the training env p0.1.
+    dm = ColoredMNISTDataModule(
+        [{"name": "env0", "p_color": 0.1, "size": 50}, {"name": "env1", "p_color": 0.2, "size": 50}],
+        [{"name": "env0", "p_color": 0.9}],
+        train_pool_size=POOL, mnist_loader=lambda: ARRAYS,
+    )
+    dm.setup()
+    assert dm.train_env_names == ["env0", "env1"] and dm.test_env_names == ["env0"]
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,13 +5,20 @@ A method implements one thing, :meth:`MultiEnvAlgorithm.objective`: from a multi
 batch (env name -> ``(x, y)``) it returns the data term and the penalty term of its
 training loss.  The base adds L2, applies the :class:`PenaltySchedule` (anneal + rescale),
 checks the loss is finite and takes the optimizer step.
+
+Checkpoints written by Lightning carry, besides network, optimizer and loop progress, every
+random state a run draws from (:func:`collect_rng_states`): torch CPU/CUDA, numpy, python
+``random`` and the module's own generators (:meth:`MultiEnvAlgorithm.random_generators`).
+They are restored just before the first training step after a resume, so a resumed
+full-batch run continues with exactly the random numbers an uninterrupted run would draw.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -23,6 +30,48 @@ from metairm_pl.algorithms.schedule import PenaltySchedule
 from metairm_pl.errors import ConfigError
 
 EnvBatch = Mapping[str, tuple[Tensor, Tensor]]
+RNG_STATES_KEY = "rng_states"  # where checkpoints keep the random states
+
+
+def collect_rng_states(generators: Optional[Mapping[str, torch.Generator]] = None) -> dict[str, Any]:
+    """Every random state of the process plus ``generators``' states, as plain data.
+
+    Only tensors, ints, floats, strings, lists and tuples, so a checkpoint holding them
+    loads with ``torch.load(weights_only=True)`` (numpy's key array becomes a list).
+    The CUDA states are included once CUDA is in use.
+    """
+    import numpy as np
+
+    generators = generators or {}
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)),
+        "python": random.getstate(),
+        "generators": {name: generator.get_state() for name, generator in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any], generators: Optional[Mapping[str, torch.Generator]] = None) -> None:
+    """Inverse of :func:`collect_rng_states`; a generator missing from ``states`` is an error."""
+    import numpy as np
+
+    generators = generators or {}
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    missing = sorted(set(generators) - set(states["generators"]))
+    if missing:
+        raise KeyError(f"checkpoint has no state for generator(s) {missing}")
+    for name, generator in generators.items():
+        generator.set_state(states["generators"][name])
 
 
 class DivergenceError(RuntimeError):
@@ -106,6 +155,7 @@ class MultiEnvAlgorithm(pl.LightningModule):
         self.eval_chunk_size = eval_chunk_size
         self.risk_fn = risk_function(num_classes)
         self.eval_metrics: dict[str, float] = {}
+        self._rng_states_to_restore: Optional[dict[str, Any]] = None
 
     # -- to implement -------------------------------------------------------------------
     def objective(self, batch: EnvBatch) -> Objective:
@@ -187,6 +237,24 @@ class MultiEnvAlgorithm(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
+
+    # -- checkpoints -------------------------------------------------------------------
+    def random_generators(self) -> dict[str, torch.Generator]:
+        """The module's own generators (name -> generator), checkpointed with the global RNGs."""
+        return {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RNG_STATES_KEY] = collect_rng_states(self.random_generators())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Applied in on_train_batch_start: between loading and the first step Lightning
+        # still draws from the global RNG (e.g. a DataLoader iterator's base seed).
+        self._rng_states_to_restore = checkpoint.get(RNG_STATES_KEY)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._rng_states_to_restore is not None:
+            restore_rng_states(self._rng_states_to_restore, self.random_generators())
+            self._rng_states_to_restore = None
 
     # -- evaluation --------------------------------------------------------------------
     @torch.no_grad()

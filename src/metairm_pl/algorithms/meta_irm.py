@@ -57,8 +57,12 @@ class MetaIRM(MultiEnvAlgorithm):
         self.n_meta_envs = n_meta_envs
         self.first_order = first_order
         self.dropgrad = float(dropgrad)
-        # Drives meta-env sampling and DropGrad; seeded from the (seeded) global RNG.
+        # Drives meta-env sampling and DropGrad; seeded from the (seeded) global RNG. A
+        # resumed run replaces this state with the checkpointed one (random_generators).
         self.generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def random_generators(self) -> dict[str, torch.Generator]:
+        return {"generator": self.generator}
 
     def check_environments(self, n_train_envs: int) -> None:
         super().check_environments(n_train_envs)

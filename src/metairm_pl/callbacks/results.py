@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
 
-from metairm_pl.io import append_jsonl
+from metairm_pl.io import append_jsonl, atomic_write_text
 
 RESULTS_FILE = "results.jsonl"
 
@@ -18,13 +19,33 @@ class ResultsWriter(pl.Callback):
     ``run_info`` carries what identifies the run (algorithm, data, seed, data_seed, ...).
     Each line is appended and fsynced on its own, so a killed run keeps every record it
     finished.  Metrics come from the module's ``eval_metrics`` plus ``extra_metrics`` that
-    other callbacks put on the module (e.g. the early-stopping std).
+    other callbacks put on the module (e.g. the early-stopping std).  A run resumed from a
+    checkpoint first drops the records written after it (:meth:`keep_until`).
     """
 
     def __init__(self, run_dir: str, run_info: Mapping[str, Any]) -> None:
         self.path = Path(run_dir) / RESULTS_FILE
         self.run_info = dict(run_info)
         self.last_step: int | None = None
+
+    def keep_until(self, step: int) -> int:
+        """For a resumed run: keep only the records with ``step <= step``, atomically.
+
+        Kept lines are copied byte for byte; later records (and a truncated last line of a
+        killed writer) are dropped, so after the resumed run the file equals an
+        uninterrupted run's.  Returns the number of records kept.
+        """
+        kept: list[str] = []
+        if self.path.exists():
+            with open(self.path, encoding="utf-8") as handle:
+                for line in handle:
+                    if not line.endswith("\n"):
+                        break
+                    if line.strip() and json.loads(line)["step"] <= step:
+                        kept.append(line)
+            atomic_write_text(self.path, "".join(kept))
+        self.last_step = json.loads(kept[-1])["step"] if kept else None
+        return len(kept)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

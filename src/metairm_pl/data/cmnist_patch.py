@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from metairm_pl.data.cmnist import TRAIN_POOL_SIZE, ColoredMNISTDataModule
+from metairm_pl.data.cmnist import ColoredMNISTDataModule
 from metairm_pl.data.environments import EnvSpec, check_probability, flip_with_probability
 from metairm_pl.data.multienv import EnvironmentSplits
 from metairm_pl.errors import ConfigError
@@ -86,21 +86,9 @@ class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
     """Colored MNIST plus the corner patch (see module docstring); envs need ``p_patch``."""
 
     def __init__(
-        self,
-        train_envs: Sequence,
-        test_envs: Sequence,
-        data_dir: str = "data",
-        name: str = "cmnist_patch",
-        num_classes: int = 2,
-        val_fraction: float = 0.1,
-        val_source: str = "heldout",
-        data_seed: int = 0,
-        full_batch: bool = True,
-        batch_size: Optional[int] = None,
-        allow_download: bool = True,
-        train_pool_size: int = TRAIN_POOL_SIZE,
-        mnist_loader: Optional[Callable] = None,
+        self, train_envs: Sequence, test_envs: Sequence, name: str = "cmnist_patch", num_classes: int = 2, **kwargs
     ) -> None:
+        """Arguments as :class:`ColoredMNISTDataModule`; every env also needs ``p_patch``."""
         if num_classes != 2:
             raise ConfigError(
                 f"data.num_classes={num_classes!r} is not allowed for cmnist_patch: use 2 (two patches)."
@@ -108,17 +96,9 @@ class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
         super().__init__(
             train_envs=[parse_patch_env("train_envs", env) for env in train_envs or []],
             test_envs=[parse_patch_env("test_envs", env) for env in test_envs or []],
-            data_dir=data_dir,
             name=name,
             num_classes=num_classes,
-            val_fraction=val_fraction,
-            val_source=val_source,
-            data_seed=data_seed,
-            full_batch=full_batch,
-            batch_size=batch_size,
-            allow_download=allow_download,
-            train_pool_size=train_pool_size,
-            mnist_loader=mnist_loader,
+            **kwargs,
         )
 
     def build_environments(self) -> EnvironmentSplits:

@@ -1,0 +1,124 @@
+"""Collect finished runs into paper-style tables and plots.
+
+    python -m metairm_pl.report DIR... [--selection train_val|last|oracle] [--oracle-env p0.9]
+                                       [--out OUTDIR] [--plots] [--wandb]
+
+Searches every DIR at any depth for run dirs (``results.jsonl``), prints the markdown
+table(s) under a header naming the selection method, and writes ``table.md`` and
+``table.csv`` (and with ``--plots`` the PNGs) into OUTDIR (default: the first DIR).
+``--wandb`` also logs the table (and with ``--plots`` the plots) to a W&B run, offline
+without credentials.
+Exit code 2 when no run is found or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from metairm_pl.io import atomic_write_text
+from metairm_pl.reporting.records import RESULTS_FILE, load_runs
+from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, SelectionMethod, get_selection
+from metairm_pl.reporting.tables import CSV_FIELDS, Table, build_tables, csv_rows, render_csv, render_markdown
+
+EXIT_USAGE = 2
+TABLE_MD = "table.md"
+TABLE_CSV = "table.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m metairm_pl.report",
+        description="Tables (mean ± sample std over seeds) and plots from run directories.",
+    )
+    parser.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched at any depth for run dirs")
+    parser.add_argument(
+        "--selection",
+        choices=SELECTION_NAMES,
+        default=DEFAULT_SELECTION,
+        help="which evaluation of each run is reported: train_val = training-env validation (default), "
+        "last = final evaluation, oracle = oracle (test env), best test accuracy on --oracle-env",
+    )
+    parser.add_argument("--oracle-env", default=None, help="the test env of --selection oracle, e.g. p0.9")
+    parser.add_argument("--out", default=None, help="output folder for table.md, table.csv, plots (default: first DIR)")
+    parser.add_argument("--plots", action="store_true", help="also save the figures as PNG")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the table (and the plots, with --plots) to W&B; offline without credentials",
+    )
+    return parser
+
+
+def log_to_wandb(
+    tables: Sequence[Table],
+    selection: SelectionMethod,
+    plot_paths: Sequence[Path],
+    out_dir: Path,
+    dirs: Sequence[str],
+) -> None:
+    """Log the table (``wandb.Table``) and plots (``wandb.Image``) to a new W&B run."""
+    import wandb
+
+    from metairm_pl.loggers import wandb_credentials_available
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_credentials_available() else "offline")
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "metairm-pl"),
+        job_type="report",
+        dir=str(out_dir),
+        mode=mode,
+        config={"selection": selection.label, "dirs": [str(d) for d in dirs]},
+    )
+    try:
+        rows = csv_rows(tables)
+        table = wandb.Table(columns=list(CSV_FIELDS), data=[[row[k] for k in CSV_FIELDS] for row in rows])
+        payload = {"results": table}
+        payload.update({f"plots/{path.stem}": wandb.Image(str(path)) for path in plot_paths})
+        run.log(payload)
+    finally:
+        run.finish()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.selection == "oracle" and not args.oracle_env:
+        parser.error("--selection oracle needs --oracle-env (the test env it maximises, e.g. p0.9)")
+    if args.oracle_env and args.selection != "oracle":
+        parser.error("--oracle-env is only used with --selection oracle")
+    selection = get_selection(args.selection, args.oracle_env)
+
+    runs = load_runs(args.dirs)
+    if not runs:
+        searched = ", ".join(f"{d}" + ("" if Path(d).is_dir() else " (does not exist)") for d in args.dirs)
+        print(f"error: no run records ({RESULTS_FILE}) found under: {searched}", file=sys.stderr)
+        return EXIT_USAGE
+    for run in runs:
+        if run.read_error:
+            print(f"warning: could not read {run.read_error}", file=sys.stderr)
+
+    tables = build_tables(runs, selection)
+    markdown = render_markdown(tables, selection)
+    print(markdown, end="")
+    out_dir = Path(args.out or args.dirs[0])
+    atomic_write_text(out_dir / TABLE_MD, markdown)
+    atomic_write_text(out_dir / TABLE_CSV, render_csv(tables))
+    written = [out_dir / TABLE_MD, out_dir / TABLE_CSV]
+    plot_paths: list[Path] = []
+    if args.plots:
+        from metairm_pl.reporting.plots import make_plots
+
+        plot_paths = make_plots(runs, selection, out_dir, tables)
+        written += plot_paths
+    print("wrote: " + ", ".join(str(p) for p in written), file=sys.stderr)
+    if args.wandb:
+        log_to_wandb(tables, selection, plot_paths, out_dir, args.dirs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

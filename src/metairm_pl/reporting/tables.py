@@ -1,0 +1,278 @@
+"""Paper-style result tables: one per data set, rows = algorithms (× tag when tags differ),
+columns = test envs plus ``train`` (mean accuracy over the training envs).
+
+A cell is the mean ± *sample* standard deviation (ddof = 1) over the n finished runs of its
+row, in percent with one decimal (``70.4 ± 0.9``); with n = 1 the std is ``—``; a cell no
+finished run has is ``—``.  Each run contributes one record, chosen by a
+:class:`~metairm_pl.reporting.selection.SelectionMethod`.  Failed and unfinished runs are
+never averaged: they are counted in the row's notes.
+
+The CSV has the same content, one line per cell: ``mean``, ``std`` (percent; empty when
+undefined) and ``n``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from metairm_pl.reporting.records import Run, RunStatus, finite_value, metric_envs, natural_key
+from metairm_pl.reporting.selection import SelectionMethod
+
+TRAIN_COLUMN = "train"
+DASH = "—"
+ALGORITHM_ORDER = ("erm", "irm", "vrex", "mmrex", "meta_irm")
+
+
+def algorithm_sort_key(name: str) -> tuple:
+    """erm, irm, vrex, mmrex, meta_irm, meta_irm_* (alphabetical), grayscale, then the rest
+    alphabetically."""
+    if name in ALGORITHM_ORDER:
+        return (ALGORITHM_ORDER.index(name), "")
+    if name.startswith("meta_irm"):
+        return (len(ALGORITHM_ORDER), name)
+    if name == "grayscale":
+        return (len(ALGORITHM_ORDER) + 1, "")
+    return (len(ALGORITHM_ORDER) + 2, name)
+
+
+def train_acc(record: Mapping[str, Any]) -> Optional[float]:
+    """Mean over the training envs of ``train/<env>/acc`` (None if one is not finite)."""
+    values = [finite_value(record, f"train/{env}/acc") for env in metric_envs(record, "train")]
+    if not values or any(v is None for v in values):
+        return None
+    return math.fsum(values) / len(values)
+
+
+def column_value(record: Mapping[str, Any], column: str) -> Optional[float]:
+    """The accuracy (fraction) of ``record`` for a table column: a test env or ``train``."""
+    if column == TRAIN_COLUMN:
+        return train_acc(record)
+    return finite_value(record, f"test/{column}/acc")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Accuracies in percent of the runs that have this column."""
+
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> Optional[float]:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> Optional[float]:
+        """Sample standard deviation (ddof = 1); None for fewer than two runs."""
+        return statistics.stdev(self.values) if self.n >= 2 else None
+
+
+@dataclass(frozen=True)
+class Row:
+    data: str
+    algorithm: str
+    tag: str
+    cells: Mapping[str, Cell]
+    n: int  # finished runs with a selected record
+    n_failed: int
+    n_unfinished: int
+    n_unselected: int  # finished runs the selection found no record in
+    duplicate_seeds: tuple[tuple[int, int], ...] = ()  # (seed, count) for seeds seen twice or more
+
+    def label(self, show_tag: bool) -> str:
+        return f"{self.algorithm} [{self.tag}]" if show_tag and self.tag else self.algorithm
+
+
+@dataclass(frozen=True)
+class Table:
+    data: str
+    train_envs: tuple[str, ...]
+    columns: tuple[str, ...]  # test envs (natural order), then "train"
+    rows: tuple[Row, ...]
+    selection: SelectionMethod
+
+    @property
+    def show_tags(self) -> bool:
+        """Tags go into row labels only when they tell rows apart."""
+        return len({row.tag for row in self.rows}) > 1
+
+
+@dataclass(frozen=True)
+class SelectedRun:
+    """A finished run and the record the selection chose (None: nothing selectable)."""
+
+    run: Run
+    record: Optional[Mapping[str, Any]]
+
+
+def select_runs(runs: Iterable[Run], selection: SelectionMethod) -> list[SelectedRun]:
+    """Apply ``selection`` to every finished run (failed and unfinished runs are left out)."""
+    return [SelectedRun(run, selection(run.records)) for run in runs if run.status is RunStatus.DONE]
+
+
+def _envs_of(runs: Sequence[Run], split: str) -> tuple[str, ...]:
+    names = {env for run in runs for record in run.records for env in metric_envs(record, split)}
+    return tuple(sorted(names, key=natural_key))
+
+
+def build_row(
+    data: str, algorithm: str, tag: str, runs: Sequence[Run], columns: Sequence[str], selection: SelectionMethod
+) -> Row:
+    status = Counter(run.status for run in runs)
+    selected = [s.record for s in select_runs(runs, selection) if s.record is not None]
+    cells = {}
+    for column in columns:
+        values = [column_value(record, column) for record in selected]
+        cells[column] = Cell(tuple(100.0 * v for v in values if v is not None))
+    seeds = Counter(run.seed for run in runs if run.status is RunStatus.DONE and run.seed is not None)
+    return Row(
+        data=data,
+        algorithm=algorithm,
+        tag=tag,
+        cells=cells,
+        n=len(selected),
+        n_failed=status[RunStatus.FAILED],
+        n_unfinished=status[RunStatus.UNFINISHED],
+        n_unselected=status[RunStatus.DONE] - len(selected),
+        duplicate_seeds=tuple(sorted((seed, count) for seed, count in seeds.items() if count > 1)),
+    )
+
+
+def build_tables(runs: Iterable[Run], selection: SelectionMethod) -> list[Table]:
+    """One table per data set (sorted by name); rows grouped by algorithm × tag."""
+    by_data: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_data[run.data].append(run)
+    tables = []
+    for data in sorted(by_data, key=natural_key):
+        data_runs = by_data[data]
+        columns = _envs_of(data_runs, "test") + (TRAIN_COLUMN,)
+        groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for run in data_runs:
+            groups[(run.algorithm, run.tag)].append(run)
+        order = sorted(groups, key=lambda key: (algorithm_sort_key(key[0]), natural_key(key[1])))
+        rows = tuple(build_row(data, alg, tag, groups[(alg, tag)], columns, selection) for alg, tag in order)
+        tables.append(Table(data, _envs_of(data_runs, "train"), columns, rows, selection))
+    return tables
+
+
+# -- rendering -------------------------------------------------------------------------
+def format_cell(cell: Cell, row_n: int) -> str:
+    if cell.n == 0:
+        return DASH
+    std = DASH if cell.std is None else f"{cell.std:.1f}"
+    text = f"{cell.mean:.1f} ± {std}"
+    return text if cell.n == row_n else f"{text} (n={cell.n})"
+
+
+def row_notes(row: Row, selection: SelectionMethod) -> str:
+    notes = []
+    if row.n_failed:
+        notes.append(f"{row.n_failed} failed")
+    if row.n_unfinished:
+        notes.append(f"{row.n_unfinished} unfinished")
+    if row.n_unselected:
+        notes.append(f"{row.n_unselected} without a selectable record ({selection.missing})")
+    for seed, count in row.duplicate_seeds:
+        notes.append(f"seed {seed} ×{count}")
+    return ", ".join(notes)
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def selection_header(selection: SelectionMethod) -> list[str]:
+    return [
+        f"Selection: {selection.label} — {selection.description}.",
+        "",
+        f"Accuracy (%): mean ± sample std (ddof = 1) over the n finished runs of a row; std {DASH} when n = 1; "
+        f"{DASH} alone: no finished run has the env. train: mean over the training envs. "
+        "Failed and unfinished runs are never averaged; they are counted in the notes.",
+    ]
+
+
+def render_table_markdown(table: Table) -> str:
+    header = ["algorithm", *table.columns, "n", "notes"]
+    lines = [
+        f"### {table.data}",
+        "",
+        f"Training envs: {', '.join(table.train_envs) or DASH}.",
+        "",
+        "| " + " | ".join(_md_escape(h) for h in header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 2) + [" --- "]) + "|",
+    ]
+    for row in table.rows:
+        cells = [format_cell(row.cells[c], row.n) for c in table.columns]
+        notes = _md_escape(row_notes(row, table.selection))
+        parts = [_md_escape(row.label(table.show_tags)), *cells, str(row.n), notes]
+        lines.append("| " + " | ".join(parts) + " |")
+    if any(row.duplicate_seeds for row in table.rows):
+        lines += [
+            "",
+            "Note: a seed that appears more than once in a row means runs with other differing settings "
+            "were pooled; give them distinct `tag`s.",
+        ]
+    return "\n".join(lines)
+
+
+def render_markdown(tables: Sequence[Table], selection: SelectionMethod) -> str:
+    """The whole report: the selection header, then one table per data set."""
+    parts = ["\n".join(selection_header(selection))]
+    parts += [render_table_markdown(table) for table in tables]
+    return "\n\n".join(parts) + "\n"
+
+
+CSV_FIELDS = (
+    "data", "algorithm", "tag", "selection", "split", "env", "mean", "std", "n",
+    "n_failed", "n_unfinished", "n_unselected",
+)  # fmt: skip
+
+
+def csv_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
+    """One dict per table cell; ``mean``/``std`` in percent (None when undefined)."""
+    rows = []
+    for table in tables:
+        for row in table.rows:
+            for column in table.columns:
+                cell = row.cells[column]
+                split, env = ("train", "mean") if column == TRAIN_COLUMN else ("test", column)
+                rows.append(
+                    {
+                        "data": table.data,
+                        "algorithm": row.algorithm,
+                        "tag": row.tag,
+                        "selection": table.selection.label,
+                        "split": split,
+                        "env": env,
+                        "mean": cell.mean,
+                        "std": cell.std,
+                        "n": cell.n,
+                        "n_failed": row.n_failed,
+                        "n_unfinished": row.n_unfinished,
+                        "n_unselected": row.n_unselected,
+                    }
+                )
+    return rows
+
+
+def render_csv(tables: Sequence[Table]) -> str:
+    """The tables as CSV, one line per cell; numbers in percent with 4 decimals."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in csv_rows(tables):
+        row = dict(row)
+        for key in ("mean", "std"):
+            row[key] = "" if row[key] is None else f"{row[key]:.4f}"
+        writer.writerow(row)
+    return buffer.getvalue()

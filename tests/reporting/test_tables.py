@@ -1,0 +1,114 @@
+"""Table aggregation and formatting on hand-made runs (no files)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from metairm_pl.reporting.records import Run, RunStatus
+from metairm_pl.reporting.selection import LAST, TRAIN_VAL, oracle
+from metairm_pl.reporting.tables import (
+    DASH,
+    Cell,
+    algorithm_sort_key,
+    build_tables,
+    format_cell,
+    render_csv,
+    render_markdown,
+)
+
+
+def make_run(algorithm, seed, tests, status=RunStatus.DONE, tag="", data="cmnist", train=(0.8, 0.7)):
+    """One run with a single record: test accuracies ``tests`` {env: acc}, training envs a, b."""
+    record = {"step": 1, "algorithm": algorithm, "data": data, "seed": seed, "tag": tag}
+    record.update({"train/a/acc": train[0], "train/b/acc": train[1], "val/a/acc": 0.5, "val/b/acc": 0.5})
+    record.update({f"test/{env}/acc": acc for env, acc in tests.items()})
+    return Run(Path(f"/runs/{algorithm}/{tag}/{seed}"), status, (record,), algorithm, data, seed, tag)
+
+
+def rows_by_label(table):
+    return {row.label(table.show_tags): row for row in table.rows}
+
+
+def test_mean_and_sample_std_in_percent():
+    runs = [make_run("irm", s, {"p0.9": acc}) for s, acc in enumerate((0.60, 0.65, 0.71))]
+    (table,) = build_tables(runs, TRAIN_VAL)
+    cell = table.rows[0].cells["p0.9"]
+    assert cell.mean == pytest.approx(statistics.mean([60, 65, 71]))
+    assert cell.std == pytest.approx(statistics.stdev([60, 65, 71]))  # ddof = 1
+    assert table.rows[0].cells["train"].mean == pytest.approx(75.0)
+    assert format_cell(cell, 3) == "65.3 ± 5.5"
+
+
+def test_single_run_shows_a_dash_for_std_and_missing_cells_show_a_dash():
+    runs = [make_run("erm", 0, {"p0.9": 0.2}), make_run("irm", 0, {"p0.9": 0.7, "p0.1": 0.71})]
+    (table,) = build_tables(runs, TRAIN_VAL)
+    assert table.columns == ("p0.1", "p0.9", "train")
+    text = render_markdown([table], TRAIN_VAL)
+    assert f"| erm | {DASH} | 20.0 ± {DASH} | 75.0 ± {DASH} | 1 |  |" in text
+    assert format_cell(Cell(()), 0) == DASH
+
+
+def test_a_cell_with_fewer_runs_than_its_row_shows_its_n():
+    runs = [make_run("irm", 0, {"p0.9": 0.7, "p0.1": 0.71}), make_run("irm", 1, {"p0.9": 0.6})]
+    (table,) = build_tables(runs, TRAIN_VAL)
+    row = table.rows[0]
+    assert row.n == 2 and format_cell(row.cells["p0.1"], row.n) == f"71.0 ± {DASH} (n=1)"
+
+
+def test_failed_and_unfinished_runs_are_counted_never_averaged():
+    runs = [
+        make_run("irm", 0, {"p0.9": 0.6}),
+        make_run("irm", 1, {"p0.9": 0.99}, status=RunStatus.FAILED),
+        make_run("irm", 2, {"p0.9": 0.99}, status=RunStatus.UNFINISHED),
+        make_run("erm", 0, {"p0.9": 0.99}, status=RunStatus.FAILED),
+    ]
+    (table,) = build_tables(runs, TRAIN_VAL)
+    rows = rows_by_label(table)
+    assert rows["irm"].cells["p0.9"].values == (60.0,) and (rows["irm"].n_failed, rows["irm"].n_unfinished) == (1, 1)
+    assert rows["erm"].n == 0 and rows["erm"].cells["p0.9"].n == 0
+    text = render_markdown([table], TRAIN_VAL)
+    assert f"| erm | {DASH} | {DASH} | 0 | 1 failed |" in text
+    assert "| irm | 60.0 ± — | 75.0 ± — | 1 | 1 failed, 1 unfinished |" in text
+    assert "99" not in text
+
+
+def test_runs_without_a_selectable_record_are_counted():
+    runs = [make_run("irm", 0, {"p0.9": 0.6}), make_run("irm", 1, {"p0.1": 0.6})]
+    (table,) = build_tables(runs, oracle("p0.9"))
+    assert table.rows[0].n == 1 and table.rows[0].n_unselected == 1
+    text = render_markdown([table], oracle("p0.9"))
+    assert "1 without a selectable record (no test/p0.9/acc)" in text
+    assert text.startswith("Selection: oracle (test env): p0.9 — ")
+
+
+def test_algorithm_order_and_tags_only_when_they_differ():
+    names = ["zeta", "grayscale", "meta_irm_no_std", "meta_irm", "mmrex", "vrex", "irm", "erm", "alpha"]
+    assert sorted(names, key=algorithm_sort_key) == [
+        "erm", "irm", "vrex", "mmrex", "meta_irm", "meta_irm_no_std", "grayscale", "alpha", "zeta",
+    ]  # fmt: skip
+    same_tag = build_tables([make_run("irm", 0, {"p0.9": 0.6}, tag="t1")], TRAIN_VAL)[0]
+    assert list(rows_by_label(same_tag)) == ["irm"]
+    swept = [make_run("irm", 0, {"p0.9": 0.6}, tag=t) for t in ("size=12500", "size=6250", "")]
+    assert list(rows_by_label(build_tables(swept, TRAIN_VAL)[0])) == ["irm", "irm [size=6250]", "irm [size=12500]"]
+
+
+def test_one_table_per_data_set_and_duplicate_seeds_are_flagged():
+    runs = [make_run("irm", 0, {"p0.9": 0.6}, data="cmnist5"), make_run("irm", 0, {"p0.9": 0.6}),
+            make_run("irm", 0, {"p0.9": 0.7})]  # fmt: skip
+    tables = build_tables(runs, LAST)
+    assert [t.data for t in tables] == ["cmnist", "cmnist5"]
+    text = render_markdown(tables, LAST)
+    assert "### cmnist\n" in text and "### cmnist5\n" in text and "seed 0 ×2" in text
+
+
+def test_csv_has_one_line_per_cell_and_empty_std_for_one_run():
+    runs = [make_run("erm", 0, {"p0.9": 0.2})]
+    text = render_csv(build_tables(runs, TRAIN_VAL))
+    assert text.splitlines() == [
+        "data,algorithm,tag,selection,split,env,mean,std,n,n_failed,n_unfinished,n_unselected",
+        "cmnist,erm,,training-env validation,test,p0.9,20.0000,,1,0,0,0",
+        "cmnist,erm,,training-env validation,train,mean,75.0000,,1,0,0,0",
+    ]
