@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from metairm_pl.errors import ConfigError, DataUnavailableError
+from metairm_pl.errors import ConfigError
 from metairm_pl.run import train, user_error_in
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,3 +92,32 @@ def test_cli_unknown_algorithm_lists_valid_ones(tmp_path):
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "nope" in result.stderr and "irm" in result.stderr and "meta_irm" in result.stderr
+
+
+def test_run_dir_of_another_config_is_not_reused(make_config):
+    first = make_config(SHORT + ["algorithm=erm"], name="shared")
+    train(first)
+    changed = make_config(SHORT + ["algorithm=erm", "algorithm.l2_weight=0.5"], name="shared")
+    with pytest.raises(ConfigError, match="different configuration"):
+        train(changed)
+    changed.overwrite = True
+    assert train(changed)["status"] == "done"
+
+
+def test_split_validation_may_not_take_the_whole_env(make_config):
+    message = failure_of(make_config, ["data=cmnist", "data.val_source=split", "data.val_fraction=1.0"])
+    assert "val_fraction=1.0" in message and "empty" in message
+
+
+def test_early_stopping_without_validation_data_fails_before_training(make_config):
+    message = failure_of(make_config, SHORT + ["algorithm=meta_irm", "data.val_fraction=0"])
+    assert "val_fraction > 0" in message
+
+
+PSST2_DIR = ROOT.parent / "shared" / "data" / "psst2"
+
+
+@pytest.mark.skipif(not PSST2_DIR.exists(), reason="needs the offline SST-2/GloVe copy in ../shared/data/psst2")
+def test_psst2_with_the_image_mlp_names_the_model_to_use(make_config):
+    message = failure_of(make_config, ["data=psst2", f"data.data_dir={PSST2_DIR}", "model=mlp"])
+    assert "model=bow_mlp" in message

@@ -13,6 +13,7 @@ Hydra app and turns :class:`~metairm_pl.errors.UserError` into one readable para
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -44,6 +45,7 @@ DONE_MARKER = "done"
 FAILED_MARKER = "failed"
 FINAL_FILE = "final.json"
 CONFIG_FILE = "config.yaml"
+FINGERPRINT_FILE = "config.sha256"
 CONFIG_ONLY_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
@@ -83,6 +85,13 @@ def build_datamodule(cfg: DictConfig):
 def build_algorithm(cfg: DictConfig, datamodule) -> pl.LightningModule:
     num_outputs = 1 if datamodule.num_classes == 2 else datamodule.num_classes
     data_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
+    model_keys = accepted_keys(get_class(cfg.model["_target_"]))
+    missing = [key for key in data_kwargs if model_keys and key not in model_keys]
+    if missing:
+        raise ConfigError(
+            f"data={cfg.data.name} passes {missing} to the model, which model._target_="
+            f"{cfg.model['_target_']} does not take: use a model that does (for psst2: model=bow_mlp)."
+        )
     network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=num_outputs, **data_kwargs)
     algorithm_cfg = OmegaConf.masked_copy(cfg.algorithm, [k for k in cfg.algorithm if k != "name"])
     check_known_keys("algorithm", algorithm_cfg, ignore=("network", "num_classes"))
@@ -168,17 +177,49 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Optional[ResumePoint]:
     return None
 
 
+# Keys that may differ between two launches of the same run (where and how it is shown).
+VOLATILE_KEYS = ("overwrite", "resume", "paths", "logger", "callbacks.progress_bar", "trainer.enable_progress_bar")
+
+
+def config_fingerprint(cfg: DictConfig) -> str:
+    """Hash of the resolved config without :data:`VOLATILE_KEYS`: equal for relaunches of one run."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in VOLATILE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = resolved
+        for key in parents:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_same_run(run_dir: Path, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to reuse or resume a run directory that holds a run of another config."""
+    saved = run_dir / FINGERPRINT_FILE
+    if overwrite or not saved.exists() or saved.read_text().strip() == fingerprint:
+        return
+    raise ConfigError(
+        f"{run_dir} holds a run with a different configuration (config.yaml there differs from this "
+        "one in more than paths/logging): pass overwrite=true to replace it, or give this run its own "
+        "directory (e.g. tag=NAME or hydra.run.dir=...)."
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the final results mapping."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     overwrite = bool(cfg.get("overwrite", False))
+    fingerprint = config_fingerprint(cfg)
+    check_same_run(run_dir, fingerprint, overwrite)
     finished = finished_results(run_dir, overwrite)
     if finished is not None:
         log.info("run already finished in %s (pass overwrite=true to redo it)", run_dir)
         return finished
     resume_point = prepare_run_dir(run_dir, resume=bool(cfg.get("resume", True)) and not overwrite)
     atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir / FINGERPRINT_FILE, fingerprint + "\n")
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("deterministic", True):
@@ -190,9 +231,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     every = cfg.get("checkpoint_every", 0)
     checkpointer = PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, 0 if every is None else every)
     loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    check_callbacks_have_data(callbacks, datamodule)
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=build_callbacks(cfg) + [writer, checkpointer],
+        callbacks=callbacks + [writer, checkpointer],
         logger=loggers or False,
         default_root_dir=str(run_dir),
     )
@@ -216,6 +259,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             datamodule=datamodule,
             ckpt_path=str(resume_point.checkpoint) if resume_point is not None else None,
         )
+        check_training_finished(trainer, algorithm)
         if writer.last_step != trainer.global_step:
             trainer.validate(algorithm, datamodule=datamodule, verbose=False)
         records = read_jsonl(run_dir / RESULTS_FILE)
@@ -243,6 +287,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
             if wandb.run is not None:
                 wandb.finish(exit_code=0 if status == "success" else 1)
+
+
+def check_training_finished(trainer: pl.Trainer, algorithm) -> None:
+    """Raise unless ``fit`` ran to ``max_steps`` or stopped early by design (never mark an
+    interrupted run ``done``)."""
+    stopped_early = bool(getattr(algorithm, "extra_metrics", {}).get("early_stop/stopped", False))
+    if trainer.interrupted or not (stopped_early or trainer.global_step >= trainer.max_steps):
+        raise RuntimeError(
+            f"training ended at step {trainer.global_step} of {trainer.max_steps} without an early stop "
+            "(interrupted?): the run is not marked done; relaunch the same command to resume it."
+        )
+
+
+def check_callbacks_have_data(callbacks: list, datamodule) -> None:
+    """Std-threshold early stopping needs validation sets of >= 2 training envs: check before training."""
+    from metairm_pl.callbacks.std_early_stopping import StdThresholdEarlyStopping
+
+    n_val_envs = len(datamodule.splits.val) if datamodule.splits is not None else 0
+    if any(isinstance(c, StdThresholdEarlyStopping) for c in callbacks) and n_val_envs < 2:
+        raise ConfigError(
+            f"std-threshold early stopping needs validation sets of >= 2 training envs, the data has "
+            f"{n_val_envs}: set data.val_fraction > 0 (or callbacks=default to train without it)."
+        )
 
 
 def user_error_in(error: BaseException) -> Optional[Exception]:

@@ -436,3 +436,28 @@ def test_minibatches_of_an_env_named_train_are_not_cached():
     for batch, _, _ in dm.train_dataloader():
         dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
     assert len(dm._device_copies) == 0
+
+
+def test_train_env_size_knob_resizes_every_training_env():
+    dm = ColoredMNISTDataModule(
+        [{"name": "a", "p_color": 0.1, "size": 100}, {"name": "b", "p_color": 0.2}],
+        [{"name": "t", "p_color": 0.9}],
+        train_pool_size=POOL, train_env_size=40, mnist_loader=lambda: ARRAYS,
+    )
+    dm.setup()
+    assert [len(dm.splits.train[name][1]) for name in ("a", "b")] == [40, 40]
+
+
+def test_label_noise_gap_spreads_noise_as_the_paper_states():
+    dm = ColoredMNISTDataModule(
+        [{"name": "p0.2", "p_color": 0.2}, {"name": "p0.1", "p_color": 0.1}],
+        [{"name": "p0.9", "p_color": 0.9}],
+        train_pool_size=POOL, label_noise_gap=0.04, mnist_loader=_never_called,
+    )
+    noise = {spec.name: spec.p_label_noise for spec in dm.train_specs}
+    assert noise == {"p0.1": pytest.approx(0.27), "p0.2": pytest.approx(0.23)}
+    with pytest.raises(ConfigError, match="label_noise_gap=1.5"):
+        ColoredMNISTDataModule(
+            [{"name": "a", "p_color": 0.1}], [{"name": "t", "p_color": 0.9}],
+            train_pool_size=POOL, label_noise_gap=1.5, mnist_loader=_never_called,
+        )

@@ -200,3 +200,26 @@ def test_config_builds_through_the_cmnist_loader(make_config, monkeypatch):
     typo = OmegaConf.create({**OmegaConf.to_container(cfg.data), "p_pach": 0.1})
     with pytest.raises(ConfigError, match="p_pach.*allowed keys"):  # explicit signature: keys checked
         check_known_keys("data", typo)
+
+
+def test_patch_rates_of_train_and_test_envs_with_the_same_name_are_kept_apart():
+    from metairm_pl.data.cmnist_patch import ColoredMNISTPatchDataModule
+
+    generator = torch.Generator().manual_seed(5)
+    arrays = MnistArrays(
+        train_images=torch.randint(1, 256, (400, 28, 28), generator=generator, dtype=torch.uint8),
+        train_labels=torch.randint(0, 10, (400,), generator=generator),
+        test_images=torch.randint(1, 256, (100, 28, 28), generator=generator, dtype=torch.uint8),
+        test_labels=torch.randint(0, 10, (100,), generator=generator),
+    )
+    dm = ColoredMNISTPatchDataModule(
+        [{"name": "p0.1", "p_color": 0.1, "p_patch": 0.0}, {"name": "p0.2", "p_color": 0.2, "p_patch": 0.0}],
+        [{"name": "p0.1", "p_color": 0.1, "p_patch": 1.0}],
+        train_pool_size=300, mnist_loader=lambda: arrays,
+    )
+    dm.setup()
+    x, y = dm.splits.train["p0.1"]
+    top_left = (x[:, :, :3, :3] == 1.0).flatten(1).all(dim=1)
+    assert torch.equal(top_left, y == 0)  # p_patch 0: patch id == label, never the test env's 1.0
+    x_test, y_test = dm.splits.test["p0.1"]
+    assert torch.equal((x_test[:, :, :3, :3] == 1.0).flatten(1).all(dim=1), y_test == 1)

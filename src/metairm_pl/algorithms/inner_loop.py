@@ -32,17 +32,17 @@ META_ENV_MODES = ("others", "same")
 # --------------------------------------------------------------------------- validation
 
 
-def _check_inner_lr(inner_lr: float) -> None:
+def check_inner_lr(inner_lr: float) -> None:
     if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr >= 0):
         raise ConfigError(f"inner_lr={inner_lr!r} is invalid: it must be a finite number >= 0.")
 
 
-def _check_inner_steps(inner_steps: int) -> None:
+def check_inner_steps(inner_steps: int) -> None:
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
         raise ConfigError(f"inner_steps={inner_steps!r} is invalid: it must be an integer >= 1.")
 
 
-def _check_dropgrad_rate(rate: float) -> None:
+def check_dropgrad_rate(rate: float) -> None:
     if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
         raise ConfigError(f"dropgrad_rate={rate!r} is invalid: it must lie in [0, 1).")
 
@@ -57,7 +57,7 @@ def gaussian_dropgrad(grad: Tensor, rate: float, generator: torch.Generator | No
     on the generator's device (or ``grad``'s when ``generator`` is None) and is a constant
     for autograd.
     """
-    _check_dropgrad_rate(rate)
+    check_dropgrad_rate(rate)
     if rate == 0:
         return grad
     noise_std = math.sqrt(rate / (1.0 - rate))
@@ -128,9 +128,9 @@ def adapt(
     the inner gradients are constants and dθ'/dθ is the identity. Exactly one forward pass
     per step. Neither ``params`` nor the module's parameters are modified.
     """
-    _check_inner_lr(inner_lr)
-    _check_inner_steps(inner_steps)
-    _check_dropgrad_rate(dropgrad_rate)
+    check_inner_lr(inner_lr)
+    check_inner_steps(inner_steps)
+    check_dropgrad_rate(dropgrad_rate)
     adapted = dict(params)
     for _ in range(inner_steps):
         grads = _inner_gradients(model, adapted, x, y, risk_fn, create_graph=not first_order)
@@ -237,9 +237,9 @@ def meta_objective(
     Forward passes: ``inner_steps`` per inner env plus one per pair. The generator drives
     both the pair sampling (drawn first) and DropGrad.
     """
-    _check_inner_lr(inner_lr)
-    _check_inner_steps(inner_steps)
-    _check_dropgrad_rate(dropgrad_rate)
+    check_inner_lr(inner_lr)
+    check_inner_steps(inner_steps)
+    check_dropgrad_rate(dropgrad_rate)
     pairs = meta_pairs(len(env_batches), meta_envs, n_meta_envs, generator)
     adapted_by_env: dict[int, dict[str, Tensor]] = {}
     losses = []

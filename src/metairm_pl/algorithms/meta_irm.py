@@ -17,9 +17,14 @@ import torch
 from torch import nn
 
 from metairm_pl.algorithms.base import EnvBatch, MultiEnvAlgorithm, Objective
-from metairm_pl.algorithms.inner_loop import meta_objective, meta_pairs
+from metairm_pl.algorithms.inner_loop import (
+    check_dropgrad_rate,
+    check_inner_lr,
+    check_inner_steps,
+    meta_objective,
+    meta_pairs,
+)
 from metairm_pl.algorithms.schedule import PenaltySchedule
-from metairm_pl.errors import ConfigError
 
 
 class MetaIRM(MultiEnvAlgorithm):
@@ -44,12 +49,9 @@ class MetaIRM(MultiEnvAlgorithm):
         eval_chunk_size: int = 65536,
     ) -> None:
         super().__init__(network, optimizer, num_classes, l2_weight, penalty, eval_chunk_size)
-        if inner_lr < 0:
-            raise ConfigError(f"algorithm.inner_lr={inner_lr} is not allowed: use a value >= 0.")
-        if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-            raise ConfigError(f"algorithm.inner_steps={inner_steps!r} is not allowed: use an integer >= 1.")
-        if not 0.0 <= dropgrad < 1.0:
-            raise ConfigError(f"algorithm.dropgrad={dropgrad} is not allowed: use a rate in [0, 1).")
+        check_inner_lr(inner_lr)
+        check_inner_steps(inner_steps)
+        check_dropgrad_rate(dropgrad)
         meta_pairs(max(2, (n_meta_envs or 1) + 1), meta_envs, n_meta_envs, None)  # validates the mode
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps

@@ -45,9 +45,11 @@ def with_size(specs: list[EnvSpec], size: Optional[int]) -> list[EnvSpec]:
 
 def with_label_noise_gap(specs: list[EnvSpec], gap: float) -> list[EnvSpec]:
     """Spread the label noise of the training envs by ``gap`` around their configured values
-    (Fig. 4, after Choe et al. 2020): in order of increasing ``p_color``, the envs get
-    ``+gap/2`` ... ``-gap/2`` (evenly spaced).  With the default envs, p_color 0.1 gets
-    0.25 + gap/2 and p_color 0.2 gets 0.25 - gap/2.
+    (Fig. 4): in order of increasing ``p_color``, the envs get ``+gap/2`` ... ``-gap/2``
+    (evenly spaced).  With the default envs, p_color 0.1 gets 0.25 + gap/2 and p_color 0.2
+    gets 0.25 - gap/2, as the Meta-IRM paper states (§4.3).  Note: the code of Choe et al.
+    2020 (kakaobrain/irm-empirical-study) assigns the gap the other way round (p_color 0.2
+    gets the higher noise); to follow that code, set the envs' ``p_label_noise`` directly.
     """
     check_probability("data.label_noise_gap", gap)
     if gap == 0.0 or len(specs) < 2:
@@ -122,6 +124,11 @@ class ColoredMNISTDataModule(MultiEnvDataModule):
                     f"{pool_size} training digits shared by {len(self.train_specs)} envs give at most "
                     f"{share} per env."
                 )
+        if self.val_source == "split" and self.val_fraction >= 1.0:
+            raise ConfigError(
+                f"data.val_fraction={self.val_fraction} with val_source=split leaves the training envs "
+                "empty: use a fraction below 1."
+            )
         if self.val_source == "heldout":
             needed = sum(self._val_size(spec, share) for spec in self.train_specs)
             if needed > heldout_size:

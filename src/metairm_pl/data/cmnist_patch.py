@@ -104,8 +104,10 @@ class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
     def build_environments(self) -> EnvironmentSplits:
         splits = super().build_environments()
         generator = patch_generator(self.data_seed)
-        p_patch = {spec.name: spec.p_patch for spec in self.train_specs + self.test_specs}
-        for envs in (splits.train, splits.val, splits.test):
+        # Train and test envs may share a name: look rates up within each side separately.
+        train_rates = {spec.name: spec.p_patch for spec in self.train_specs}
+        test_rates = {spec.name: spec.p_patch for spec in self.test_specs}
+        for envs, rates in ((splits.train, train_rates), (splits.val, train_rates), (splits.test, test_rates)):
             for name, (x, y) in envs.items():
-                envs[name] = (patch_environment(x, y, p_patch[name], generator), y)
+                envs[name] = (patch_environment(x, y, rates[name], generator), y)
         return splits
