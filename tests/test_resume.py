@@ -186,6 +186,7 @@ def test_resume_from_a_checkpoint_between_evaluations(make_config):
     directory = Path(first.paths.output_dir)
     assert checkpoint_step(last_checkpoint_path(directory)) == 15
     (directory / "done").unlink()  # as if killed after the record of step 25
+    (directory / "config.sha256").unlink()  # ... of a run whose budget was 40 steps all along
 
     resumed = train(make_config(overrides + ["trainer.max_steps=40"], name="resumed"))
     assert resumed == expected

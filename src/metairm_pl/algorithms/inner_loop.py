@@ -32,19 +32,19 @@ META_ENV_MODES = ("others", "same")
 # --------------------------------------------------------------------------- validation
 
 
-def check_inner_lr(inner_lr: float) -> None:
+def check_inner_lr(inner_lr: float, name: str = "inner_lr") -> None:
     if not (isinstance(inner_lr, (int, float)) and math.isfinite(inner_lr) and inner_lr >= 0):
-        raise ConfigError(f"inner_lr={inner_lr!r} is invalid: it must be a finite number >= 0.")
+        raise ConfigError(f"{name}={inner_lr!r} is invalid: it must be a finite number >= 0.")
 
 
-def check_inner_steps(inner_steps: int) -> None:
+def check_inner_steps(inner_steps: int, name: str = "inner_steps") -> None:
     if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
-        raise ConfigError(f"inner_steps={inner_steps!r} is invalid: it must be an integer >= 1.")
+        raise ConfigError(f"{name}={inner_steps!r} is invalid: it must be an integer >= 1.")
 
 
-def check_dropgrad_rate(rate: float) -> None:
+def check_dropgrad_rate(rate: float, name: str = "dropgrad_rate") -> None:
     if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
-        raise ConfigError(f"dropgrad_rate={rate!r} is invalid: it must lie in [0, 1).")
+        raise ConfigError(f"{name}={rate!r} is invalid: it must lie in [0, 1).")
 
 
 # --------------------------------------------------------------------------- DropGrad

@@ -49,9 +49,9 @@ class MetaIRM(MultiEnvAlgorithm):
         eval_chunk_size: int = 65536,
     ) -> None:
         super().__init__(network, optimizer, num_classes, l2_weight, penalty, eval_chunk_size)
-        check_inner_lr(inner_lr)
-        check_inner_steps(inner_steps)
-        check_dropgrad_rate(dropgrad)
+        check_inner_lr(inner_lr, "algorithm.inner_lr")
+        check_inner_steps(inner_steps, "algorithm.inner_steps")
+        check_dropgrad_rate(dropgrad, "algorithm.dropgrad")
         meta_pairs(max(2, (n_meta_envs or 1) + 1), meta_envs, n_meta_envs, None)  # validates the mode
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
