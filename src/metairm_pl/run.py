@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl.callbacks.checkpointing import (
     CHECKPOINT_DIR,
+    final_checkpoint_path,
     PeriodicCheckpoint,
     checkpoint_step,
     last_checkpoint_path,
@@ -260,6 +261,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt_path=str(resume_point.checkpoint) if resume_point is not None else None,
         )
         check_training_finished(trainer, algorithm)
+        trainer.save_checkpoint(final_checkpoint_path(run_dir), weights_only=True)
         if writer.last_step != trainer.global_step:
             trainer.validate(algorithm, datamodule=datamodule, verbose=False)
         records = read_jsonl(run_dir / RESULTS_FILE)

@@ -61,9 +61,15 @@ def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
 
 
+def final_checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """Weights of the model the final evaluation used (written when training ends)."""
+    return Path(run_dir) / CHECKPOINT_DIR / "final.ckpt"
+
+
 def remove_checkpoints(run_dir: str | os.PathLike) -> None:
-    """Delete the run's checkpoint and any temporary file left behind."""
+    """Delete the run's checkpoints (periodic and final) and any temporary file left behind."""
     last_checkpoint_path(run_dir).unlink(missing_ok=True)
+    final_checkpoint_path(run_dir).unlink(missing_ok=True)
     remove_stale_temporaries(run_dir)
 
 
