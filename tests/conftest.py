@@ -43,3 +43,25 @@ def make_config(tmp_path):
         return compose_config(QUIET + overrides, tmp_path / name)
 
     return make
+
+
+def random_digits():
+    """300 train / 100 test random "digit" images: enough for tiny Colored MNIST runs
+    (use ``data.train_pool_size=200`` and envs of at most 100)."""
+    from metairm_pl.data.mnist_source import MnistArrays
+
+    generator = torch.Generator().manual_seed(0)
+    return MnistArrays(
+        train_images=torch.randint(1, 256, (300, 28, 28), generator=generator, dtype=torch.uint8),
+        train_labels=torch.randint(0, 10, (300,), generator=generator),
+        test_images=torch.randint(1, 256, (100, 28, 28), generator=generator, dtype=torch.uint8),
+        test_labels=torch.randint(0, 10, (100,), generator=generator),
+    )
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """Serve :func:`random_digits` wherever Colored MNIST would load the real MNIST."""
+    arrays = random_digits()
+    monkeypatch.setattr("metairm_pl.data.cmnist._load_mnist", lambda data_dir, allow_download: arrays)
+    return arrays

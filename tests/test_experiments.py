@@ -23,7 +23,6 @@ from typing import Any
 
 import hydra
 import pytest
-import torch
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -33,7 +32,6 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import metairm_pl.config_schema  # noqa: F401  (registers schemas)
-from metairm_pl.data.mnist_source import MnistArrays
 from metairm_pl.io import read_jsonl
 from metairm_pl.resolvers import register_resolvers
 
@@ -237,16 +235,6 @@ def test_multirun_launches_each_job_with_its_directory_and_tag(tmp_path, monkeyp
 
 
 # -- slow: each experiment's first job, 2 steps on tiny data ---------------------------------
-def tiny_mnist() -> MnistArrays:
-    generator = torch.Generator().manual_seed(0)
-    return MnistArrays(
-        train_images=torch.randint(1, 256, (300, 28, 28), generator=generator, dtype=torch.uint8),
-        train_labels=torch.randint(0, 10, (300,), generator=generator),
-        test_images=torch.randint(1, 256, (100, 28, 28), generator=generator, dtype=torch.uint8),
-        test_labels=torch.randint(0, 10, (100,), generator=generator),
-    )
-
-
 SHORT = {"trainer.max_steps": 2, "trainer.val_check_interval": 1, "model.hidden_dim": 16}
 TINY_CMNIST = {"data.train_pool_size": 200, "data.train_env_size": 100}  # 100 digits per training env
 
@@ -258,8 +246,7 @@ def with_overrides(job: list[str], replacements: dict[str, Any]) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_first_job_of_every_experiment_trains(name, make_config, monkeypatch):
-    monkeypatch.setattr("metairm_pl.data.cmnist._load_mnist", lambda data_dir, allow_download: tiny_mnist())
+def test_first_job_of_every_experiment_trains(name, make_config, fake_mnist):
     spec = SPECS[name]
     first_job = sweep_jobs(sweep_params(name))[0]
     psst2 = next(iter(spec.data)).startswith("psst2")

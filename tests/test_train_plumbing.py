@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from metairm_pl.data.mnist_source import MnistArrays
 from metairm_pl.io import read_jsonl
 from metairm_pl.run import train
 
@@ -68,19 +66,8 @@ def test_same_seed_gives_identical_records(make_config):
     assert other["metrics"] != runs[0]["metrics"]
 
 
-def tiny_mnist() -> MnistArrays:
-    generator = torch.Generator().manual_seed(0)
-    return MnistArrays(
-        train_images=torch.randint(1, 256, (300, 28, 28), generator=generator, dtype=torch.uint8),
-        train_labels=torch.randint(0, 10, (300,), generator=generator),
-        test_images=torch.randint(1, 256, (100, 28, 28), generator=generator, dtype=torch.uint8),
-        test_labels=torch.randint(0, 10, (100,), generator=generator),
-    )
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_cmnist_pipeline_with_synthetic_digits(make_config, monkeypatch, algorithm):
-    monkeypatch.setattr("metairm_pl.data.cmnist._load_mnist", lambda data_dir, allow_download: tiny_mnist())
+def test_cmnist_pipeline_with_synthetic_digits(make_config, fake_mnist, algorithm):
     cfg = make_config(
         [
             "data=cmnist",

@@ -24,7 +24,6 @@ from metairm_pl.analysis.representations import (
     representation_similarity,
     resolve_layer,
 )
-from metairm_pl.data.mnist_source import MnistArrays
 from metairm_pl.errors import ConfigError
 from metairm_pl.run import train
 
@@ -42,6 +41,12 @@ def trained(make_config, overrides, name="run") -> Path:
 
 
 def load(run_dir, **kwargs):
+    """Load a finished 12-step run: from checkpoints/final.ckpt when the run wrote it (no
+    warning), else from the periodic checkpoint of step 10 (with a warning)."""
+    if (Path(run_dir) / "checkpoints" / "final.ckpt").exists():
+        run = load_run(run_dir, **kwargs)
+        assert run.checkpoint.name == "final.ckpt" and run.checkpoint_step == run.final_step == 12
+        return run
     with pytest.warns(CheckpointStepWarning, match="step 10.*final step is 12"):
         return load_run(run_dir, **kwargs)
 
@@ -58,7 +63,12 @@ def assert_png(path: Path) -> None:
 
 @pytest.fixture
 def meta_irm_run(make_config) -> Path:
-    return trained(make_config, ["data=synthetic", "algorithm=meta_irm"])
+    """A finished run without checkpoints/final.ckpt (as one killed between its last
+    evaluation and the final save, or made before final checkpoints existed): exercises the
+    fallback to the last periodic checkpoint (step 10 of 12)."""
+    run_dir = trained(make_config, ["data=synthetic", "algorithm=meta_irm"])
+    (run_dir / "checkpoints" / "final.ckpt").unlink()
+    return run_dir
 
 
 # --------------------------------------------------------------------------- rebuild + activations
@@ -125,6 +135,7 @@ def test_one_neuron_representations_compare_by_absolute_correlation():
 
 def test_missing_checkpoint_and_preferred_final_checkpoint(make_config, meta_irm_run):
     no_checkpoint = trained(make_config, ["data=synthetic", "algorithm=erm", "checkpoint_every=0"], name="none")
+    (no_checkpoint / "checkpoints" / "final.ckpt").unlink()  # no periodic one either
     with pytest.raises(ConfigError, match="no checkpoint.*checkpoint_every=0"):
         load_run(no_checkpoint)
 
@@ -180,16 +191,6 @@ def test_fig9_needs_an_inner_step(make_config, tmp_path, capsys):
 # --------------------------------------------------------------------------- Fig. 10
 
 
-def random_digits() -> MnistArrays:
-    generator = torch.Generator().manual_seed(0)
-    return MnistArrays(
-        train_images=torch.randint(1, 256, (300, 28, 28), generator=generator, dtype=torch.uint8),
-        train_labels=torch.randint(0, 10, (300,), generator=generator),
-        test_images=torch.randint(1, 256, (100, 28, 28), generator=generator, dtype=torch.uint8),
-        test_labels=torch.randint(0, 10, (100,), generator=generator),
-    )
-
-
 TINY_CMNIST = [
     "data=cmnist",
     "data.train_pool_size=200",  # test envs: the remaining 100 digits, in the same order in every env
@@ -198,8 +199,7 @@ TINY_CMNIST = [
 ]
 
 
-def test_fig10_cli_compares_matched_test_envs(make_config, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr("metairm_pl.data.cmnist._load_mnist", lambda data_dir, allow_download: random_digits())
+def test_fig10_cli_compares_matched_test_envs(make_config, fake_mnist, tmp_path, capsys):
     runs = [
         trained(make_config, TINY_CMNIST + ["algorithm=irm", f"seed={seed}"], name=f"irm{seed}") for seed in (0, 1)
     ] + [trained(make_config, TINY_CMNIST + ["algorithm=meta_irm"], name="meta")]

@@ -22,7 +22,7 @@ last periodic checkpoint, which may precede the run's final step by up to
 (``final.json``, else the last record of ``results.jsonl`` for an unfinished run) is compared
 with the checkpoint's step; when they differ a :class:`CheckpointStepWarning` says so and
 both are kept on :class:`LoadedRun` (the figure CSVs carry both).  For a finished run a file
-``checkpoints/final.ckpt``, if present, is preferred over ``last.ckpt`` (the run writes none
+``checkpoints/final.ckpt``, if present, is preferred over ``last.ckpt`` (the run writes one
 today; it is the name proposed for weights saved at the end of a run).
 
 **Layers.** For a network whose hidden layers end in ``nn.ReLU`` modules (``MLP``, the
@@ -55,7 +55,7 @@ FINAL_FILE = "final.json"
 RESULTS_FILE = "results.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
-FINAL_CHECKPOINT = "final.ckpt"  # preferred when present (not written by run.py today)
+FINAL_CHECKPOINT = "final.ckpt"  # written by run.py when training ends; preferred when present
 NETWORK_PREFIX = "network."
 
 OUTPUT_LAYER = "output"
