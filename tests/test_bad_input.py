@@ -85,13 +85,43 @@ def test_cli_reports_one_paragraph_without_traceback(tmp_path):
     assert "val_fraction=2" in result.stderr and "[0, 1]" in result.stderr
 
 
-def test_cli_unknown_algorithm_lists_valid_ones(tmp_path):
+@pytest.mark.parametrize("group,valid", [("algorithm", ["irm", "meta_irm"]), ("experiment", ["table1", "fig3"])])
+def test_cli_unknown_option_lists_valid_ones(tmp_path, group, valid):
     result = subprocess.run(
-        [sys.executable, "train.py", "algorithm=nope", f"paths.output_root={tmp_path}"],
+        [sys.executable, "train.py", f"{group}=nope", f"paths.output_root={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "nope" in result.stderr and "irm" in result.stderr and "meta_irm" in result.stderr
+    assert "nope" in result.stderr and all(option in result.stderr for option in valid)
+
+
+def test_negative_learning_rate(make_config):
+    message = failure_of(make_config, SHORT + ["algorithm.optimizer.lr=-0.001"])
+    assert "lr=-0.001" in message and ">= 0" in message
+
+
+def test_divergence_stops_the_run_names_step_and_term_and_keeps_records(make_config, monkeypatch):
+    from metairm_pl.algorithms.base import DivergenceError, Objective
+    from metairm_pl.algorithms.erm import ERM
+    from metairm_pl.io import read_jsonl
+    from metairm_pl.reporting.records import load_run
+
+    healthy = ERM.objective
+
+    def diverging(self, batch):
+        objective = healthy(self, batch)
+        if self.global_step >= 3:
+            return Objective(risk=objective.risk * float("nan"))
+        return objective
+
+    monkeypatch.setattr(ERM, "objective", diverging)
+    cfg = make_config(["data=synthetic", "algorithm=erm", "trainer.max_steps=10", "trainer.val_check_interval=2"])
+    with pytest.raises(DivergenceError, match=r"\['risk'\] not finite at step 3"):
+        train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    assert [r["step"] for r in read_jsonl(run_dir / "results.jsonl")] == [2]
+    assert (run_dir / "failed").exists() and not (run_dir / "done").exists()
+    assert load_run(run_dir).status == "failed"
 
 
 def test_run_dir_of_another_config_is_not_reused(make_config):

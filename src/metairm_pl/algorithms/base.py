@@ -144,6 +144,9 @@ class MultiEnvAlgorithm(pl.LightningModule):
         super().__init__()
         if l2_weight < 0:
             raise ConfigError(f"algorithm.l2_weight={l2_weight} is not allowed: use a value >= 0.")
+        learning_rate = getattr(optimizer, "keywords", {}).get("lr")
+        if learning_rate is not None and not learning_rate >= 0:
+            raise ConfigError(f"algorithm.optimizer.lr={learning_rate} is not allowed: use a learning rate >= 0.")
         self.automatic_optimization = False
         self.network = network
         self.optimizer_factory = optimizer
