@@ -85,7 +85,10 @@ def test_cli_reports_one_paragraph_without_traceback(tmp_path):
     assert "val_fraction=2" in result.stderr and "[0, 1]" in result.stderr
 
 
-@pytest.mark.parametrize("group,valid", [("algorithm", ["irm", "meta_irm"]), ("experiment", ["table1", "fig3"])])
+@pytest.mark.parametrize(
+    "group,valid",
+    [("algorithm", ["irm", "meta_irm"]), ("data", ["cmnist", "psst2"]), ("experiment", ["table1", "fig3"])],
+)
 def test_cli_unknown_option_lists_valid_ones(tmp_path, group, valid):
     result = subprocess.run(
         [sys.executable, "train.py", f"{group}=nope", f"paths.output_root={tmp_path}"],
