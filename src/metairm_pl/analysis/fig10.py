@@ -59,6 +59,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from metairm_pl.analysis.representations import (
+    all_undefined,
     DEFAULT_EPSILON,
     LAST_HIDDEN,
     OUTPUT_LAYER,
@@ -313,14 +314,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    for row in rows:
-        if row["note"]:
-            print(
-                f"warning: {row['run']} env {row['env']} layer {row['layer']}: pwcca=nan: {row['note']}",
-                file=sys.stderr,
-            )
-    if all(math.isnan(row["pwcca"]) for row in rows):
-        print("error: PWCCA is undefined for every run and env (see the warnings above).", file=sys.stderr)
+    if all_undefined(rows, "run and env"):
         return EXIT_USAGE
 
     from metairm_pl.reporting.plots import save_figure

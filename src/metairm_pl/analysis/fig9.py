@@ -44,6 +44,7 @@ from torch import Tensor
 
 from metairm_pl.algorithms.inner_loop import adapt
 from metairm_pl.analysis.representations import (
+    all_undefined,
     DEFAULT_EPSILON,
     OUTPUT_LAYER,
     RUN_FIELDS,
@@ -249,14 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    for row in rows:
-        if row["note"]:
-            print(
-                f"warning: {row['run']} env {row['env']} layer {row['layer']}: pwcca=nan: {row['note']}",
-                file=sys.stderr,
-            )
-    if all(math.isnan(row["pwcca"]) for row in rows):
-        print("error: PWCCA is undefined for every layer (see the warnings above).", file=sys.stderr)
+    if all_undefined(rows, "layer"):
         return EXIT_USAGE
 
     from metairm_pl.reporting.plots import save_figure

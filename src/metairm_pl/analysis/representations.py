@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -535,3 +536,18 @@ __all__ = [
     "safe_similarity",
     "write_csv",
 ]
+
+
+def all_undefined(rows: Sequence[dict], what: str) -> bool:
+    """Warn (stderr) about every row whose PWCCA is undefined; True, after an error line,
+    when that is every row (nothing to plot)."""
+    for row in rows:
+        if row["note"]:
+            print(
+                f"warning: {row['run']} env {row['env']} layer {row['layer']}: pwcca=nan: {row['note']}",
+                file=sys.stderr,
+            )
+    if all(math.isnan(row["pwcca"]) for row in rows):
+        print(f"error: PWCCA is undefined for every {what} (see the warnings above).", file=sys.stderr)
+        return True
+    return False
