@@ -59,6 +59,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from metairm_pl.analysis.representations import (
+    summarize_by,
     all_undefined,
     DEFAULT_EPSILON,
     LAST_HIDDEN,
@@ -69,7 +70,6 @@ from metairm_pl.analysis.representations import (
     capture_activations,
     find_run_dirs,
     load_runs_for_figure,
-    mean_std,
     read_run_config,
     resolve_layer,
     run_fields,
@@ -197,26 +197,7 @@ def fig10_rows(
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
     """Mean, sample std and n over runs per (method, layer, reference, env), by p_e."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for row in rows:
-        key = (row["method"], row["layer"], row["reference"], row["p_e"], row["env"], row["control"])
-        groups[key].append(row["pwcca"])
-    summary = []
-    for (method, layer, reference, p, env, control), values in groups.items():
-        mean, std, n = mean_std(values)
-        summary.append(
-            {
-                "method": method,
-                "layer": layer,
-                "reference": reference,
-                "env": env,
-                "p_e": p,
-                "control": control,
-                "mean": mean,
-                "std": std,
-                "n": n,
-            }
-        )
+    summary = summarize_by(rows, ("method", "layer", "reference", "p_e", "env", "control"))
     return sorted(summary, key=lambda row: (row["control"], row["p_e"], row["env"]))
 
 

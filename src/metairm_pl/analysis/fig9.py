@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -44,6 +43,7 @@ from torch import Tensor
 
 from metairm_pl.algorithms.inner_loop import adapt
 from metairm_pl.analysis.representations import (
+    summarize_by,
     all_undefined,
     DEFAULT_EPSILON,
     OUTPUT_LAYER,
@@ -54,7 +54,6 @@ from metairm_pl.analysis.representations import (
     find_run_dirs,
     layer_names,
     load_runs_for_figure,
-    mean_std,
     run_fields,
     run_label,
     safe_similarity,
@@ -156,14 +155,7 @@ def fig9_rows(
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
     """Mean, sample std and n over runs per (method, env, layer), in first-seen order."""
-    groups: dict[tuple, list[float]] = defaultdict(list)
-    for row in rows:
-        groups[(row["method"], row["env"], row["layer"])].append(row["pwcca"])
-    summary = []
-    for (method, env, layer), values in groups.items():
-        mean, std, n = mean_std(values)
-        summary.append({"method": method, "env": env, "layer": layer, "mean": mean, "std": std, "n": n})
-    return summary
+    return summarize_by(rows, ("method", "env", "layer"))
 
 
 def describe_eval_data(rows: Sequence[dict]) -> str:

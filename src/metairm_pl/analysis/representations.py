@@ -397,6 +397,19 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
+def summarize_by(rows: Sequence[dict], keys: Sequence[str]) -> list[dict]:
+    """One row per distinct ``keys`` tuple (first-seen order) with the mean, sample std and n
+    of its ``pwcca`` values over runs."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[key] for key in keys), []).append(row["pwcca"])
+    summary = []
+    for values_of_keys, values in groups.items():
+        mean, std, n = mean_std(values)
+        summary.append({**dict(zip(keys, values_of_keys)), "mean": mean, "std": std, "n": n})
+    return summary
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     """``(mean, sample std, n)`` over the finite values; std is NaN below 2 values, mean NaN at 0."""
     finite = [value for value in values if math.isfinite(value)]
