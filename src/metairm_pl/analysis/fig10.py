@@ -59,6 +59,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from metairm_pl.analysis.representations import (
+    write_figure_outputs,
     summarize_by,
     all_undefined,
     DEFAULT_EPSILON,
@@ -75,7 +76,6 @@ from metairm_pl.analysis.representations import (
     run_fields,
     run_label,
     safe_similarity,
-    write_csv,
 )
 from metairm_pl.errors import ConfigError, UserError
 from metairm_pl.reporting.plots import parse_p
@@ -298,20 +298,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if all_undefined(rows, "run and env"):
         return EXIT_USAGE
 
-    from metairm_pl.reporting.plots import save_figure
-
-    out = Path(args.out)
     summary = summarize(rows)
-    written = [
-        write_csv(out / CSV_NAME, FIELDS, rows),
-        write_csv(out / SUMMARY_NAME, SUMMARY_FIELDS, summary),
-        save_figure(fig10_figure(summary), out / PNG_NAME),
-    ]
-    for row in summary:
-        std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4f}"
-        print(f"{row['method']}\t{row['layer']}\t{row['env']}\t{row['mean']:.4f}{std}\t(n={row['n']})")
-    print("wrote: " + ", ".join(map(str, written)), file=sys.stderr)
-    return 0
+    return write_figure_outputs(
+        args.out, rows, summary, fig10_figure(summary),
+        (CSV_NAME, SUMMARY_NAME, PNG_NAME), (FIELDS, SUMMARY_FIELDS), ("method", "layer", "env"),
+    )
 
 
 if __name__ == "__main__":

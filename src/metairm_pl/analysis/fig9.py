@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Optional, Sequence
 
 from matplotlib.figure import Figure
@@ -43,6 +42,7 @@ from torch import Tensor
 
 from metairm_pl.algorithms.inner_loop import adapt
 from metairm_pl.analysis.representations import (
+    write_figure_outputs,
     summarize_by,
     all_undefined,
     DEFAULT_EPSILON,
@@ -57,7 +57,6 @@ from metairm_pl.analysis.representations import (
     run_fields,
     run_label,
     safe_similarity,
-    write_csv,
 )
 from metairm_pl.errors import ConfigError, UserError
 
@@ -245,20 +244,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if all_undefined(rows, "layer"):
         return EXIT_USAGE
 
-    from metairm_pl.reporting.plots import save_figure
-
-    out = Path(args.out)
     summary = summarize(rows)
-    written = [
-        write_csv(out / CSV_NAME, FIELDS, rows),
-        write_csv(out / SUMMARY_NAME, SUMMARY_FIELDS, summary),
-        save_figure(fig9_figure(summary, describe_eval_data(rows)), out / PNG_NAME),
-    ]
-    for row in summary:
-        std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4f}"
-        print(f"{row['method']}\t{row['env']}\t{row['layer']}\t{row['mean']:.4f}{std}\t(n={row['n']})")
-    print("wrote: " + ", ".join(map(str, written)), file=sys.stderr)
-    return 0
+    return write_figure_outputs(
+        args.out, rows, summary, fig9_figure(summary, describe_eval_data(rows)),
+        (CSV_NAME, SUMMARY_NAME, PNG_NAME), (FIELDS, SUMMARY_FIELDS), ("method", "env", "layer"),
+    )
 
 
 if __name__ == "__main__":

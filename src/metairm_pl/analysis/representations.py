@@ -564,3 +564,31 @@ def all_undefined(rows: Sequence[dict], what: str) -> bool:
         print(f"error: PWCCA is undefined for every {what} (see the warnings above).", file=sys.stderr)
         return True
     return False
+
+
+def write_figure_outputs(
+    out: str | Path,
+    rows: Sequence[dict],
+    summary: Sequence[dict],
+    figure,
+    files: tuple[str, str, str],
+    fields: tuple[Sequence[str], Sequence[str]],
+    print_keys: Sequence[str],
+) -> int:
+    """Write the rows CSV, the summary CSV and the PNG (``files`` names them); print the
+    summary (``print_keys`` then mean ± std and n) and the written paths; return exit code 0."""
+    from metairm_pl.reporting.plots import save_figure
+
+    out = Path(out)
+    csv_name, summary_name, png_name = files
+    written = [
+        write_csv(out / csv_name, fields[0], rows),
+        write_csv(out / summary_name, fields[1], summary),
+        save_figure(figure, out / png_name),
+    ]
+    for row in summary:
+        std = "" if math.isnan(row["std"]) else f" ± {row['std']:.4f}"
+        labels = "\t".join(str(row[key]) for key in print_keys)
+        print(f"{labels}\t{row['mean']:.4f}{std}\t(n={row['n']})")
+    print("wrote: " + ", ".join(map(str, written)), file=sys.stderr)
+    return 0
