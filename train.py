@@ -15,6 +15,7 @@ from omegaconf import DictConfig, open_dict
 import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
 from metairm_pl.resolvers import register_resolvers
 from metairm_pl.run import summary_lines, train, user_error_in
+from metairm_pl.search_objective import search_objective
 
 register_resolvers()
 
@@ -30,9 +31,11 @@ def quiet_under_sweeps(cfg: DictConfig) -> None:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
+    """Train one run; return its validation-only search objective (``objective``) to a sweeper."""
     quiet_under_sweeps(cfg)
     try:
         final = train(cfg)
+        objective = search_objective(final, cfg.objective)
     except Exception as error:  # noqa: BLE001 - user errors become one readable paragraph
         user_error = user_error_in(error)
         if user_error is None:
@@ -41,7 +44,7 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     for line in summary_lines(final):
         logging.getLogger("train").info(line)
-    return float(final["metrics"].get(cfg.get("objective_metric", ""), final["summary"]["train_acc"]))
+    return objective
 
 
 if __name__ == "__main__":

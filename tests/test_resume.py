@@ -1,5 +1,6 @@
 """A run killed after a checkpoint and launched again resumes and ends bit-identical to an
-uninterrupted run (full-batch mode, CPU): every record of ``results.jsonl`` and ``final.json``.
+uninterrupted run (CPU): every record of ``results.jsonl`` and ``final.json``, in full-batch
+mode and in minibatch mode (envs of unequal sizes, checkpoints mid-epoch).
 
 The end-to-end test runs the real command (``python train.py ...``) in subprocesses and
 kills one with SIGKILL; the other tests exercise the pieces in-process.
@@ -36,6 +37,17 @@ COMMON = [
     "seed=3",
 ]
 KILL_AFTER_RECORD = 30  # the checkpoint at step 20 is on disk once the record of step 30 is
+# Minibatch mode, batch 32: env p0.1 has 100 examples (4 batches, the last of 4), env p0.2
+# 224 (7 batches), so an epoch of the combined loader is 7 batches and p0.1 is cycled in it.
+# The checkpoint at step 20 is mid-epoch (batch 6 of 7) and mid-pass of p0.1's second
+# permutation, which the epoch's end cuts short; one at 40 would be at batch 5, mid-pass too.
+MINIBATCH = [
+    "data.full_batch=false",
+    "data.batch_size=32",
+    "data.train_envs.0.size=100",
+    "data.train_envs.1.size=224",
+]
+MINIBATCH_EPOCH = 7
 MAX_STEPS = (160, 640)  # a second attempt, longer, if the run ended before the kill landed
 TIMEOUT_S = 240
 
@@ -45,6 +57,7 @@ def case_overrides(algorithm: str, max_steps: int) -> list[str]:
         "erm": ["algorithm=erm"],
         # the penalty weight jumps from 1 to 91257 at step 45, after the checkpoint resumed from
         "irm": ["algorithm=irm", "algorithm.penalty.anneal_steps=45"],
+        "irm_minibatch": ["algorithm=irm", "algorithm.penalty.anneal_steps=45", *MINIBATCH],
         # DropGrad draws from the module's generator; early stopping (a stateful callback)
         # fires at the first evaluation after 3/4 of the steps
         "meta_irm": [
@@ -124,7 +137,7 @@ def kill_after_record(process: subprocess.Popen, output_root: Path, step: int) -
     return process.returncode == -signal.SIGKILL and not (run_dir(output_root) / "done").exists()
 
 
-@pytest.mark.parametrize("algorithm", ["erm", "irm", "meta_irm"])
+@pytest.mark.parametrize("algorithm", ["erm", "irm", "meta_irm", "irm_minibatch"])
 def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     for attempt, max_steps in enumerate(MAX_STEPS):
         overrides = case_overrides(algorithm, max_steps)
@@ -138,6 +151,9 @@ def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
                 directory = run_dir(resumed_root)
                 resume_step = checkpoint_step(last_checkpoint_path(directory))
                 assert resume_step >= 20
+                if algorithm.endswith("minibatch"):
+                    assert resume_step % MINIBATCH_EPOCH != 0  # mid-epoch
+                    assert [s["served"] for s in loader_states(last_checkpoint_path(directory))] == [resume_step] * 2
                 output = finish(launch(overrides, resumed_root, "relaunch.log"))
             finish(reference)
         finally:
@@ -159,6 +175,12 @@ def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     if algorithm == "meta_irm":
         stop_step = max_steps * 3 // 4
         assert expected_records[-1]["step"] == stop_step and expected_records[-1]["early_stop/stop_step"] == stop_step
+
+
+def loader_states(checkpoint_path) -> list[dict]:
+    """The training loaders' states Lightning keeps in a checkpoint's fit-loop state."""
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    return checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -193,6 +215,49 @@ def test_resume_from_a_checkpoint_between_evaluations(make_config):
     reference_dir = directory.parent / "reference"
     assert (directory / "results.jsonl").read_bytes() == (reference_dir / "results.jsonl").read_bytes()
     assert [r["step"] for r in read_jsonl(directory / "results.jsonl")] == [10, 20, 30, 40]
+
+
+# Minibatch mode, batch 32: env p0.1 has 90 examples (3 batches, the last of 26), p0.2 has
+# 160 (5 batches): an epoch is 5 batches, p0.1's second pass in it is cut after 2.
+MINIBATCH_SHORT = SHORT + [
+    "algorithm=irm",
+    "algorithm.penalty.anneal_steps=12",
+    "data.full_batch=false",
+    "data.batch_size=32",
+    "data.train_envs.0.size=90",
+    "data.train_envs.1.size=160",
+]
+
+
+@pytest.mark.parametrize(
+    ("every", "first_max_steps"),
+    [
+        (4, 6),  # step 4: mid-epoch, mid-pass of p0.1's cut-short second pass
+        (3, 4),  # step 3: p0.1 has just run out (max_size_cycle starts it again next)
+        (5, 6),  # step 5: end of an epoch, saved after the batch (Lightning restarts an epoch)
+        (10, 12),  # step 10: end of an epoch, saved after the evaluation there
+    ],
+    ids=["mid-pass", "short-env-pass-end", "epoch-end", "epoch-end-after-evaluation"],
+)
+def test_minibatch_run_resumes_bit_identical(make_config, every, first_max_steps):
+    """Every kind of place a minibatch checkpoint can fall at: the resumed run matches exactly."""
+    expected = train(make_config(MINIBATCH_SHORT + ["trainer.max_steps=24", "checkpoint_every=0"], name="reference"))
+
+    overrides = MINIBATCH_SHORT + [f"checkpoint_every={every}"]
+    first = make_config(overrides + [f"trainer.max_steps={first_max_steps}"], name="resumed")
+    train(first)
+    directory = Path(first.paths.output_dir)
+    assert checkpoint_step(last_checkpoint_path(directory)) == every
+    states = loader_states(last_checkpoint_path(directory))
+    assert [(s["num_examples"], s["served"]) for s in states] == [(90, every), (160, every)]
+    (directory / "done").unlink()  # as if killed after the final record of that shorter run
+    (directory / "config.sha256").unlink()  # ... of a run whose budget was 24 steps all along
+
+    resumed = train(make_config(overrides + ["trainer.max_steps=24"], name="resumed"))
+    assert resumed == expected
+    reference_dir = directory.parent / "reference"
+    assert (directory / "results.jsonl").read_bytes() == (reference_dir / "results.jsonl").read_bytes()
+    assert [r["step"] for r in read_jsonl(directory / "results.jsonl")] == [10, 20, 24]
 
 
 def test_checkpoint_holds_everything_and_loads_weights_only(make_config):

@@ -32,6 +32,7 @@ class ColoredMNISTConfig:
     num_classes: int = 2
     val_fraction: float = 0.1
     val_source: str = "heldout"
+    val_pairing: str = "shared"
     data_seed: int = "${data_seed}"  # type: ignore[assignment]
     full_batch: bool = True
     batch_size: Optional[int] = None

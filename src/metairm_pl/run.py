@@ -4,8 +4,9 @@ evaluate; write ``config.yaml``, ``results.jsonl``, ``final.json`` and the ``don
 A run saves ``checkpoints/last.ckpt`` every ``checkpoint_every`` steps.  Launched again on
 a directory with a checkpoint and no ``done`` marker, it resumes from the checkpoint
 (``resume=false``: starts afresh): ``results.jsonl`` is cut back to the checkpoint's step
-and training continues, so in full-batch mode every record and the final results are
-bit-identical to an uninterrupted run (see :mod:`metairm_pl.callbacks.checkpointing`).
+and training continues, so every record and the final results are bit-identical to an
+uninterrupted run, in full-batch and minibatch mode (see
+:mod:`metairm_pl.callbacks.checkpointing`).
 
 ``train(cfg)`` is the callable API (tests and notebooks use it); ``train.py`` wraps it in a
 Hydra app and turns :class:`~metairm_pl.errors.UserError` into one readable paragraph.
@@ -179,7 +180,7 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Optional[ResumePoint]:
 
 
 # Keys that may differ between two launches of the same run (where and how it is shown).
-VOLATILE_KEYS = ("overwrite", "resume", "paths", "logger", "callbacks.progress_bar", "trainer.enable_progress_bar")
+VOLATILE_KEYS = ("overwrite", "resume", "paths", "logger", "callbacks.progress_bar", "trainer.enable_progress_bar", "objective")
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -248,8 +249,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             resume_point.checkpoint,
             kept,
         )
-        if not getattr(datamodule, "full_batch", True):
-            log.warning("minibatch mode: the resumed run's data order differs from an uninterrupted run's")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)

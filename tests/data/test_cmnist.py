@@ -145,7 +145,7 @@ def test_test_envs_are_coloured_independently():
 
 @pytest.mark.parametrize("sizes,fraction", [((100, 100), 0.1), ((100, 60), 0.2), ((None, 40), 0.3)])
 def test_heldout_validation_comes_from_the_test_set(sizes, fraction):
-    dm = built(train_sizes=sizes, val_fraction=fraction, val_source="heldout")
+    dm = built(train_sizes=sizes, val_fraction=fraction, val_source="heldout", val_pairing="independent")
     seen = set()
     for i, size in enumerate(sizes):
         size = size or POOL // 2
@@ -178,7 +178,7 @@ def test_heldout_validation_uses_env_colouring():
 
 
 def test_split_validation_is_carved_from_the_env():
-    dm = built(train_sizes=(100, 80), val_fraction=0.2, val_source="split")
+    dm = built(train_sizes=(100, 80), val_fraction=0.2, val_source="split", val_pairing="independent")
     all_rows = set()
     for i, size in enumerate((100, 80)):
         tx, ty = dm.splits.train[f"env{i}"]
@@ -251,11 +251,11 @@ def test_env_size_above_share_of_three_envs_raises():
 
 
 def test_val_fraction_needing_more_heldout_digits_than_exist_raises():
-    dm = make_dm(train_sizes=(100, 100), val_fraction=0.5)  # 50 + 50 > 80 test digits
+    dm = make_dm(train_sizes=(100, 100), val_fraction=0.5, val_pairing="independent")  # 50 + 50 > 80
     with pytest.raises(ConfigError, match="val_fraction"):
         dm.setup()
-    built(train_sizes=(100, 100), val_fraction=0.4)  # 40 + 40 = 80 is fine
-    built(train_sizes=(100, 100), val_fraction=0.5, val_source="split")  # split needs none
+    built(train_sizes=(100, 100), val_fraction=0.4, val_pairing="independent")  # 40 + 40 = 80 is fine
+    built(train_sizes=(100, 100), val_fraction=0.5, val_source="split", val_pairing="independent")  # needs none
 
 
 def test_val_fraction_beyond_real_heldout_raises_at_construction():
@@ -265,6 +265,7 @@ def test_val_fraction_beyond_real_heldout_raises_at_construction():
             [{"name": "a", "p_color": 0.1}, {"name": "b", "p_color": 0.2}],
             [{"name": "t", "p_color": 0.9}],
             val_fraction=0.3,
+            val_pairing="independent",
             mnist_loader=_never_called,
         )
 
@@ -461,3 +462,91 @@ def test_label_noise_gap_spreads_noise_as_the_paper_states():
             [{"name": "a", "p_color": 0.1}], [{"name": "t", "p_color": 0.9}],
             train_pool_size=POOL, label_noise_gap=1.5, mnist_loader=_never_called,
         )
+
+
+# ---------------------------------------------------------------------------------------
+# paired ("shared") validation
+# ---------------------------------------------------------------------------------------
+
+
+def make_two_rate_dm(val_pairing, sizes=(100, 100), noise=(0.25, 0.25), **kw):
+    train_envs = [
+        {"name": "p0.2", "p_color": 0.2, "p_label_noise": noise[0], "size": sizes[0]},
+        {"name": "p0.1", "p_color": 0.1, "p_label_noise": noise[1], "size": sizes[1]},
+    ]
+    test_envs = [{"name": "p0.9", "p_color": 0.9, "p_label_noise": 0.25}]
+    kw.setdefault("val_fraction", 0.3)
+    dm = ColoredMNISTDataModule(
+        train_envs, test_envs, train_pool_size=POOL, mnist_loader=lambda: ARRAYS, val_pairing=val_pairing, **kw
+    )
+    dm.setup()
+    return dm
+
+
+def test_shared_validation_uses_the_same_digits_and_labels_in_every_env():
+    dm = make_two_rate_dm("shared")
+    (x_a, y_a), (x_b, y_b) = dm.splits.val["p0.2"], dm.splits.val["p0.1"]
+    assert rows(x_a, "test") == rows(x_b, "test") == list(rows(x_a, "test"))
+    assert len(x_a) == 30
+    assert torch.equal(y_a, y_b)  # equal label noise -> identical noisy labels
+    assert torch.equal(x_a.sum(1), x_b.sum(1))  # same grey digits
+    # the colours are coupled: every example coloured "against" its label at rate 0.1 is
+    # also against it at rate 0.2 (u < 0.1 implies u < 0.2)
+    against_a, against_b = colour_of(x_a) != y_a, colour_of(x_b) != y_b
+    assert torch.all(against_a | ~against_b)
+    assert against_a.sum() >= against_b.sum()
+
+
+def test_shared_validation_colour_blind_model_sees_identical_envs():
+    dm = make_two_rate_dm("shared", val_fraction=0.4)
+    (x_a, y_a), (x_b, y_b) = dm.splits.val["p0.2"], dm.splits.val["p0.1"]
+    grey_loss = [torch.nn.functional.mse_loss(x.sum(1).mean((1, 2)), y.float()) for x, y in ((x_a, y_a), (x_b, y_b))]
+    assert grey_loss[0].item() == grey_loss[1].item()
+
+
+def test_coupled_colouring_keeps_each_envs_rates():
+    """Marginally every coupled env has its own colour and noise rates (binomial tolerance)."""
+    from metairm_pl.data.environments import EnvSpec, colour_digits_coupled
+
+    n = 60_000
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(1, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    digits = torch.zeros(n, dtype=torch.long)  # clean label 1 everywhere (digit < 5)
+    specs = [EnvSpec("a", p_color=0.2, p_label_noise=0.3), EnvSpec("b", p_color=0.1, p_label_noise=0.2)]
+    built = colour_digits_coupled(images, digits, specs, 2, g)
+    for spec in specs:
+        x, y = built[spec.name]
+        rates = {"noise": ((y != 1).float().mean().item(), spec.p_label_noise),
+                 "colour": ((colour_of(x) != y).float().mean().item(), spec.p_color)}
+        for kind, (rate, expected) in rates.items():
+            tolerance = 4 * (expected * (1 - expected) / n) ** 0.5
+            assert abs(rate - expected) < tolerance, (spec.name, kind, rate, expected)
+    # coupled: a label flipped at rate 0.2 is also flipped at rate 0.3
+    assert torch.all((built["b"][1] == 1) | (built["a"][1] == 0))
+
+
+def test_shared_validation_leaves_train_and_test_envs_unchanged():
+    independent, shared = make_two_rate_dm("independent"), make_two_rate_dm("shared")
+    for split in ("train", "test"):
+        a, b = getattr(independent.splits, split), getattr(shared.splits, split)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name][0], b[name][0]) and torch.equal(a[name][1], b[name][1])
+
+
+def test_shared_validation_needs_only_the_largest_val_set_of_heldout_digits():
+    # 2 envs x 50 = 100 > 80 held-out digits independent, but 50 <= 80 shared
+    with pytest.raises(ConfigError, match="held-out validation digits"):
+        make_two_rate_dm("independent", val_fraction=0.5)
+    dm = make_two_rate_dm("shared", val_fraction=0.5)
+    assert len(dm.splits.val["p0.2"][0]) == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"val_pairing": "paired"}, "val_pairing='paired'.*independent.*shared"),
+     ({"val_pairing": "shared", "val_source": "split"}, "val_pairing=shared needs val_source=heldout")],
+)
+def test_bad_val_pairing_raises(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        make_dm(**kwargs)

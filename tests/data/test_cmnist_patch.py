@@ -84,9 +84,10 @@ def test_add_patches_writes_exactly_the_corner_blocks():
 
 @pytest.mark.parametrize("val_source", ["heldout", "split"])
 def test_patched_envs_equal_cmnist_except_the_patch(val_source):
-    patched = built(TRAIN, TEST, val_fraction=0.2, val_source=val_source, data_seed=3)
+    pairing = "shared" if val_source == "heldout" else "independent"
+    patched = built(TRAIN, TEST, val_fraction=0.2, val_source=val_source, val_pairing=pairing, data_seed=3)
     plain = built(without_patch(TRAIN), without_patch(TEST), cls=ColoredMNISTDataModule,
-                  val_fraction=0.2, val_source=val_source, data_seed=3)
+                  val_fraction=0.2, val_source=val_source, val_pairing=pairing, data_seed=3)
     for split in ("train", "val", "test"):
         assert set(getattr(patched.splits, split)) == set(getattr(plain.splits, split))
         for name, (x, y) in getattr(patched.splits, split).items():
@@ -223,3 +224,16 @@ def test_patch_rates_of_train_and_test_envs_with_the_same_name_are_kept_apart():
     assert torch.equal(top_left, y == 0)  # p_patch 0: patch id == label, never the test env's 1.0
     x_test, y_test = dm.splits.test["p0.1"]
     assert torch.equal((x_test[:, :, :3, :3] == 1.0).flatten(1).all(dim=1), y_test == 1)
+
+
+def test_shared_validation_patches_are_coupled_across_envs():
+    """Paired validation: same digits and labels; a patch "against" the label at the lower
+    rate is also against it at the higher rate (one uniform draw per digit)."""
+    train = [{"name": "lo", "p_color": 0.1, "p_patch": 0.2, "size": 100},
+             {"name": "hi", "p_color": 0.2, "p_patch": 0.6, "size": 100}]
+    dm = built(train, TEST, val_fraction=0.4, val_pairing="shared")
+    (x_lo, y_lo), (x_hi, y_hi) = dm.splits.val["lo"], dm.splits.val["hi"]
+    assert torch.equal(y_lo, y_hi)
+    against_lo, against_hi = patch_ids(x_lo) != y_lo, patch_ids(x_hi) != y_hi
+    assert torch.all(~against_lo | against_hi)
+    assert against_hi.sum() > against_lo.sum()

@@ -9,8 +9,10 @@ checks the loss is finite and takes the optimizer step.
 Checkpoints written by Lightning carry, besides network, optimizer and loop progress, every
 random state a run draws from (:func:`collect_rng_states`): torch CPU/CUDA, numpy, python
 ``random`` and the module's own generators (:meth:`MultiEnvAlgorithm.random_generators`).
-They are restored just before the first training step after a resume, so a resumed
-full-batch run continues with exactly the random numbers an uninterrupted run would draw.
+They are restored just before the first training step after a resume, so a resumed run
+continues with exactly the random numbers an uninterrupted run would draw (in minibatch
+mode the data order is restored by the training loaders' own state, see
+:class:`metairm_pl.data.multienv.EnvBatchSampler`).
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 :class:`PeriodicCheckpoint` saves ``<run_dir>/checkpoints/last.ckpt`` every
 ``every_n_steps`` optimizer steps with ``Trainer.save_checkpoint``: the network, the
-optimizer state (manual optimization included), the loop progress (global step), the
-state of every stateful callback (e.g. ``StdThresholdEarlyStopping``) and, through
-``MultiEnvAlgorithm.on_save_checkpoint``, every random state (torch, CUDA, numpy, python,
-the module's own generators).  The file is written under a temporary name, fsynced and
+optimizer state (manual optimization included), the loop progress (global step) with,
+in minibatch mode, the position of every env's shuffled minibatch stream (Lightning
+saves the ``state_dict`` of stateful training loaders with the loop state; see
+:class:`metairm_pl.data.multienv.EnvBatchSampler`), the state of every stateful callback
+(e.g. ``StdThresholdEarlyStopping``) and, through ``MultiEnvAlgorithm.on_save_checkpoint``,
+every random state (torch, CUDA, numpy, python, the module's own generators).  The file is written under a temporary name, fsynced and
 renamed over the previous one: a kill at any moment leaves the old or the new checkpoint,
 never a partial one.
 
@@ -17,11 +19,12 @@ Nothing is written when the run is about to end (its last step, or a stop reques
 early stopping): a run killed in that window replays from the previous checkpoint and
 reaches the same end.
 
-Exactness: in full-batch mode (the IRM protocol) a resumed run is bit-identical to an
-uninterrupted one on the same machine and software.  In minibatch mode it is not: the
-per-env DataLoaders are not resumable, so after a resume their shuffling starts a fresh
-epoch and the data order differs from the uninterrupted run (network, optimizer, step and
-random states are still restored).
+Exactness: a resumed run is bit-identical to an uninterrupted one on the same machine and
+software, in full-batch mode (the IRM protocol) and in minibatch mode, where every env's
+loader continues its permutation at the saved batch, mid-epoch or mid-pass of a shorter
+env that ``max_size_cycle`` cycles included (tests/test_resume.py).  A minibatch
+checkpoint written before the loaders were resumable has no loader states: such a run
+resumes with the envs' minibatch streams restarted from the beginning.
 """
 
 from __future__ import annotations

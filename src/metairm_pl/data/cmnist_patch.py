@@ -15,7 +15,8 @@ Decisions:
 * randomness: digits, labels and colours are exactly those of ``data=cmnist`` with the same
   environments and ``data_seed`` (the parent builds them); the patch ids are drawn afterwards,
   env by env (train, val, test), from a second generator derived from ``data_seed``
-  (:func:`patch_generator`).
+  (:func:`patch_generator`).  Paired validation sets (``val_pairing="shared"``) share one
+  uniform draw per digit for the patch too, like their colours.
 
 Binary labels only (``num_classes = 2``): there are two patches.
 """
@@ -108,6 +109,20 @@ class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
         train_rates = {spec.name: spec.p_patch for spec in self.train_specs}
         test_rates = {spec.name: spec.p_patch for spec in self.test_specs}
         for envs, rates in ((splits.train, train_rates), (splits.val, train_rates), (splits.test, test_rates)):
+            if envs is splits.val and self.val_pairing == "shared":
+                self._patch_shared_validation(splits.val, train_rates, generator)
+                continue
             for name, (x, y) in envs.items():
                 envs[name] = (patch_environment(x, y, rates[name], generator), y)
         return splits
+
+    @staticmethod
+    def _patch_shared_validation(val: dict, rates: dict, generator: torch.Generator) -> None:
+        """Patch the paired validation envs with one shared uniform draw per digit (common
+        random numbers, as their colours): env e flips the patch id where ``u < p_patch_e``."""
+        if not val:
+            return
+        uniform = torch.rand(max(len(y) for _, y in val.values()), generator=generator)
+        for name, (x, y) in val.items():
+            flips = uniform[: len(y)] < rates[name]
+            val[name] = (add_patches(x, torch.where(flips, 1 - y, y)), y)

@@ -85,11 +85,39 @@ def colour_digits(
     channel of the sampled colour is non-zero) and integer labels ``y`` ``[n]``.
     Random draws, in order: label noise, then colour, both from ``generator``.
     """
-    small = images[:, ::2, ::2].float()
     clean_labels = digits_to_classes(digits, num_classes)
     labels = flip_with_probability(clean_labels, spec.p_label_noise, num_classes, generator)
     colours = flip_with_probability(labels, spec.p_color, num_classes, generator)
+    return _coloured_images(images, colours, num_classes), labels
+
+
+def colour_digits_coupled(
+    images: Tensor, digits: Tensor, specs: list[EnvSpec], num_classes: int, generator: torch.Generator
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """The same digits built as every env of ``specs``, with common random numbers.
+
+    One uniform draw per digit decides label noise and one decides colour, shared by all
+    envs: env e flips the label where ``u_noise < p_label_noise_e`` and the colour where
+    ``u_colour < p_color_e``.  Each env on its own has exactly the distribution of
+    :func:`colour_digits`; across envs only the rates differ, so envs with equal label
+    noise get identical labels and a model that ignores colour gets identical losses on
+    them.  Used for paired validation sets (``val_pairing="shared"``).
+    """
+    clean_labels = digits_to_classes(digits, num_classes)
+    u_noise = torch.rand(clean_labels.shape, generator=generator)
+    u_colour = torch.rand(clean_labels.shape, generator=generator)
+    built = {}
+    for spec in specs:
+        labels = torch.where(u_noise < spec.p_label_noise, (clean_labels + 1) % num_classes, clean_labels)
+        colours = torch.where(u_colour < spec.p_color, (labels + 1) % num_classes, labels)
+        built[spec.name] = (_coloured_images(images, colours, num_classes), labels)
+    return built
+
+
+def _coloured_images(images: Tensor, colours: Tensor, num_classes: int) -> Tensor:
+    """uint8 ``[n, 28, 28]`` digits subsampled to 14x14 and written into their colour channel, /255."""
+    small = images[:, ::2, ::2].float()
     channels = max(2, num_classes)
     x = torch.zeros(len(images), channels, *small.shape[1:])
     x[torch.arange(len(images)), colours] = small
-    return x / 255.0, labels
+    return x / 255.0

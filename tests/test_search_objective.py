@@ -1,0 +1,119 @@
+"""Validation-only search objectives and the Meta-IRM Optuna preset (``hparams_search``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from metairm_pl.errors import ConfigError
+from metairm_pl.search_objective import OBJECTIVES, search_objective
+
+from .conftest import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def final(val_accs, stopped, test_acc=0.99):
+    metrics = {f"val/e{i}/acc": acc for i, acc in enumerate(val_accs)}
+    metrics.update({f"val/e{i}/loss": 0.5 for i in range(len(val_accs))})
+    metrics["test/t/acc"] = test_acc
+    metrics["train/e0/acc"] = 0.123
+    return {"metrics": metrics, "stopped_early": stopped}
+
+
+def test_val_acc_is_the_mean_training_env_validation_accuracy():
+    assert search_objective(final([0.6, 0.7], stopped=False), "val_acc") == pytest.approx(0.65)
+
+
+def test_std_stopped_val_acc_subtracts_two_when_the_threshold_was_never_reached():
+    assert search_objective(final([0.6, 0.7], stopped=True), "std_stopped_val_acc") == pytest.approx(0.65)
+    assert search_objective(final([0.6, 0.7], stopped=False), "std_stopped_val_acc") == pytest.approx(-1.35)
+
+
+def test_every_stopped_run_outranks_every_unstopped_run():
+    worst_stopped = search_objective(final([0.0, 0.0], stopped=True), "std_stopped_val_acc")
+    best_unstopped = search_objective(final([1.0, 1.0], stopped=False), "std_stopped_val_acc")
+    assert worst_stopped > best_unstopped
+
+
+def test_objectives_never_read_test_or_train_metrics():
+    for name in OBJECTIVES:
+        a = search_objective(final([0.6, 0.7], stopped=True, test_acc=0.1), name)
+        b = search_objective(final([0.6, 0.7], stopped=True, test_acc=0.9), name)
+        assert a == b
+
+
+def test_unknown_objective_names_the_allowed_ones():
+    with pytest.raises(ConfigError, match=r"objective='best_test'.*std_stopped_val_acc.*val_acc"):
+        search_objective(final([0.5, 0.5], stopped=True), "best_test")
+
+
+def test_objective_without_validation_metrics_is_a_clear_error():
+    with pytest.raises(ConfigError, match="val_fraction"):
+        search_objective({"metrics": {"test/t/acc": 0.5}, "stopped_early": True}, "val_acc")
+
+
+def test_meta_irm_preset_composes_a_validation_only_optuna_search():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hparams_search=meta_irm_cmnist"], return_hydra_config=True)
+    assert cfg.algorithm.name == "meta_irm"
+    assert cfg.objective == "std_stopped_val_acc"
+    assert cfg.data.val_pairing == "shared"
+    sweeper = cfg.hydra.sweeper
+    assert "optuna" in sweeper._target_.lower() and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {
+        "algorithm.penalty.weight", "algorithm.inner_lr", "algorithm.optimizer.lr",
+        "algorithm.dropgrad", "callbacks.std_early_stopping.min_steps",
+    }
+    assert "hparams_search" in cfg.hydra.job.config.override_dirname.exclude_keys
+
+
+def test_optuna_search_returns_objectives_and_a_relaunch_reuses_finished_trials(tmp_path):
+    """Two real trials through train.py: the best value Optuna reports is the best objective
+    of the runs; relaunching the same search trains nothing new."""
+    command = [
+        sys.executable, "train.py", "-m", "hparams_search=meta_irm_cmnist", "data=synthetic",
+        "algorithm.penalty.anneal_steps=2", "hydra/launcher=basic", "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.n_startup_trials=2",
+        "model.hidden_dim=8", "trainer.max_steps=12", "trainer.val_check_interval=4", "logger=none",
+        "callbacks.std_early_stopping.std_threshold=0.5",
+        f"paths.output_root={tmp_path}",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep_dir = tmp_path / "sweeps" / "hparams_meta_irm_cmnist"
+    finals = sorted(sweep_dir.rglob("final.json"))
+    assert 1 <= len(finals) <= 2  # two trials; TPE may suggest the same point twice
+    objectives = [search_objective(json.loads(f.read_text()), "std_stopped_val_acc") for f in finals]
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(objectives))
+    stamps = {f: f.stat().st_mtime_ns for f in finals}
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert sorted(sweep_dir.rglob("final.json")) == finals
+    assert {f: f.stat().st_mtime_ns for f in finals} == stamps
+    assert "already finished" in again.stdout + again.stderr
+    assert yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text()) == best
+
+
+def test_long_override_lists_give_a_short_stable_directory_name():
+    from metairm_pl.resolvers import MAX_DIRNAME_CHARS, run_dirname
+
+    assert run_dirname("", "default") == "default"
+    assert run_dirname("a=1,b=2", "default") == "a=1,b=2"
+    long = ",".join(f"algorithm.some_long_key_{i}=0.{i}" for i in range(20))
+    name = run_dirname(long, "default")
+    assert len(name.encode()) <= MAX_DIRNAME_CHARS and name.startswith(long[:100])
+    assert run_dirname(long, "default") == name  # deterministic: a relaunch finds it
+    assert run_dirname(long[:-1] + "8", "default") != name  # and distinct per override list
