@@ -83,3 +83,35 @@ def test_cmnist_pipeline_with_synthetic_digits(make_config, fake_mnist, algorith
     assert final["step"] == 3
     assert set(final["summary"]) == {"train_acc", "test/p0.9/acc"}
     assert "val/p0.2/loss" in final["metrics"] and "val/p0.1/loss" in final["metrics"]
+
+
+def test_a_run_directory_in_use_by_another_process_is_refused(make_config, tmp_path):
+    """An orphaned job still writing a run dir: a second launch on it fails clearly, writes nothing."""
+    import multiprocessing
+
+    from metairm_pl.errors import RunInUseError
+    from metairm_pl.run import LOCK_FILE
+
+    cfg = make_config(["data=synthetic", "algorithm=erm", "trainer.max_steps=3"])
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+    holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(run_dir / LOCK_FILE, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(RunInUseError, match=rf"run directory {run_dir} is in use by another process"):
+            train(cfg)
+        assert not (run_dir / "results.jsonl").exists() and not (run_dir / "config.yaml").exists()
+    finally:
+        release.set()
+        holder.join(30)
+    assert train(cfg)["status"] == "done"  # the lock died with its holder
+
+
+def _hold_lock(path, ready, release):
+    from metairm_pl.io import exclusive_lock
+
+    with exclusive_lock(path, "test"):
+        ready.set()
+        release.wait(30)

@@ -1,12 +1,16 @@
-"""Atomic file writes: a reader never sees a half-written results file."""
+"""Atomic file writes (a reader never sees a half-written results file) and the run-dir lock."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from metairm_pl.errors import RunInUseError
 
 
 def _current_umask() -> int:
@@ -66,3 +70,28 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             if line:
                 records.append(json.loads(line))
     return records
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``path`` (created if needed) while inside.
+
+    The lock dies with its process, so a killed holder never leaves a stale lock behind.
+    Raises :class:`RunInUseError` (naming ``what``) when another process holds it.
+    """
+    import fcntl
+
+    path = Path(path)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInUseError(
+                f"{what} is in use by another process (lock {path}): wait for it to finish or stop "
+                "it, then launch again."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+

@@ -39,7 +39,7 @@ from metairm_pl.callbacks.checkpointing import (
 )
 from metairm_pl.callbacks.results import RESULTS_FILE, ResultsWriter
 from metairm_pl.errors import ConfigError, UserError
-from metairm_pl.io import atomic_write_json, atomic_write_text, read_jsonl
+from metairm_pl.io import atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +208,23 @@ def check_same_run(run_dir: Path, fingerprint: str, overwrite: bool) -> None:
     )
 
 
+LOCK_FILE = ".lock"
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job described by ``cfg``; return the final results mapping."""
+    """Run one training job described by ``cfg``; return the final results mapping.
+
+    The run directory is locked for the whole job: a second process launched on it (e.g. a
+    relaunched sweep while an orphaned job of the killed one still trains) gets a
+    :class:`~metairm_pl.errors.RunInUseError` instead of writing the same files.
+    """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"):
+        return _train_in(run_dir, cfg)
+
+
+def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     overwrite = bool(cfg.get("overwrite", False))
     fingerprint = config_fingerprint(cfg)
     check_same_run(run_dir, fingerprint, overwrite)
