@@ -138,7 +138,7 @@ def test_run_dir_of_another_config_is_not_reused(make_config):
 
 
 def test_split_validation_may_not_take_the_whole_env(make_config):
-    message = failure_of(make_config, ["data=cmnist", "data.val_source=split", "data.val_fraction=1.0"])
+    message = failure_of(make_config, ["data=cmnist", "data.val_source=split", "data.val_pairing=independent", "data.val_fraction=1.0"])
     assert "val_fraction=1.0" in message and "empty" in message
 
 
@@ -154,3 +154,8 @@ PSST2_DIR = ROOT.parent / "shared" / "data" / "psst2"
 def test_psst2_with_the_image_mlp_names_the_model_to_use(make_config):
     message = failure_of(make_config, ["data=psst2", f"data.data_dir={PSST2_DIR}", "model=mlp"])
     assert "model=bow_mlp" in message
+
+
+def test_split_validation_with_shared_pairing_names_the_fix(make_config):
+    message = failure_of(make_config, ["data=cmnist", "data.val_source=split"])
+    assert "val_pairing=shared needs val_source=heldout" in message and "data.val_pairing=independent" in message

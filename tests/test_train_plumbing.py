@@ -85,11 +85,12 @@ def test_cmnist_pipeline_with_synthetic_digits(make_config, fake_mnist, algorith
     assert "val/p0.2/loss" in final["metrics"] and "val/p0.1/loss" in final["metrics"]
 
 
-def test_a_run_directory_in_use_by_another_process_is_refused(make_config, tmp_path):
-    """An orphaned job still writing a run dir: a second launch on it fails clearly, writes nothing."""
+def test_a_run_directory_in_use_waits_for_its_holder_then_reuses_its_results(make_config):
+    """Two launches of one run (duplicate search trials, an orphaned sweep job): the second
+    waits on the run-dir lock, writes nothing meanwhile, then finds the finished run."""
     import multiprocessing
+    import threading
 
-    from metairm_pl.errors import RunInUseError
     from metairm_pl.run import LOCK_FILE
 
     cfg = make_config(["data=synthetic", "algorithm=erm", "trainer.max_steps=3"])
@@ -98,20 +99,24 @@ def test_a_run_directory_in_use_by_another_process_is_refused(make_config, tmp_p
     ready, release = multiprocessing.Event(), multiprocessing.Event()
     holder = multiprocessing.get_context("fork").Process(target=_hold_lock, args=(run_dir / LOCK_FILE, ready, release))
     holder.start()
+    results = {}
+    waiter = threading.Thread(target=lambda: results.update(final=train(cfg)))
     try:
         assert ready.wait(30)
-        with pytest.raises(RunInUseError, match=rf"run directory {run_dir} is in use by another process"):
-            train(cfg)
-        assert not (run_dir / "results.jsonl").exists() and not (run_dir / "config.yaml").exists()
+        waiter.start()
+        waiter.join(3)
+        assert waiter.is_alive(), "train() must wait while another process holds the run dir"
+        assert not (run_dir / "config.yaml").exists() and not (run_dir / "results.jsonl").exists()
     finally:
         release.set()
         holder.join(30)
-    assert train(cfg)["status"] == "done"  # the lock died with its holder
+    waiter.join(120)
+    assert results["final"]["status"] == "done"
 
 
 def _hold_lock(path, ready, release):
     from metairm_pl.io import exclusive_lock
 
-    with exclusive_lock(path, "test"):
+    with exclusive_lock(path):
         ready.set()
-        release.wait(30)
+        release.wait(60)

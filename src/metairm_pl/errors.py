@@ -15,7 +15,3 @@ class DataUnavailableError(UserError, FileNotFoundError):
 
 class DataCorruptedError(UserError, ValueError):
     """A data file exists but its contents fail verification (checksum, shape, format)."""
-
-
-class RunInUseError(UserError, RuntimeError):
-    """Another live process is writing the run directory (e.g. an orphaned sweep job)."""

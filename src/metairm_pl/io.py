@@ -6,11 +6,9 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-from metairm_pl.errors import RunInUseError
 
 
 def _current_umask() -> int:
@@ -73,25 +71,23 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking ``flock`` on ``path`` (created if needed) while inside.
+def exclusive_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) while inside.
 
-    The lock dies with its process, so a killed holder never leaves a stale lock behind.
-    Raises :class:`RunInUseError` (naming ``what``) when another process holds it.
+    When another process holds it, ``on_wait()`` is called once and the call blocks until
+    that process releases it or dies (the lock dies with its process, so a killed holder
+    never leaves a stale lock behind).
     """
     import fcntl
 
-    path = Path(path)
-    with open(path, "a") as handle:
+    with open(Path(path), "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunInUseError(
-                f"{what} is in use by another process (lock {path}): wait for it to finish or stop "
-                "it, then launch again."
-            ) from None
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-

@@ -214,13 +214,18 @@ LOCK_FILE = ".lock"
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the final results mapping.
 
-    The run directory is locked for the whole job: a second process launched on it (e.g. a
-    relaunched sweep while an orphaned job of the killed one still trains) gets a
-    :class:`~metairm_pl.errors.RunInUseError` instead of writing the same files.
+    The run directory is locked for the whole job: a second process launched on it (two
+    identical trials of a search, or a relaunched sweep while an orphaned job of the killed
+    one still trains) waits for the first to finish and then finds its results, instead of
+    writing the same files at the same time.
     """
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(run_dir / LOCK_FILE, f"run directory {run_dir}"):
+
+    def announce_wait() -> None:
+        log.warning("%s is in use by another process: waiting for it to finish", run_dir)
+
+    with exclusive_lock(run_dir / LOCK_FILE, on_wait=announce_wait):
         return _train_in(run_dir, cfg)
 
 
