@@ -15,7 +15,6 @@ Example:  python bench/flops_meta_irm_step.py --env-size 2500
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
