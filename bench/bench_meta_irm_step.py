@@ -9,10 +9,11 @@ so a step is exactly what a training run executes: data fetch and transfer hooks
 ``training_step`` (objective, L2, finite checks, schedule, manual backward, Adam step,
 ``log_dict``) and the loop's bookkeeping.
 
-Hyperparameters follow conf/algorithm/meta_irm.yaml (lr 5e-4, l2 1e-3, penalty weight 1,
-inner_lr 0.1, 1 inner step, meta envs "others") and conf/algorithm/erm.yaml (lr 1e-3,
-l2 1e-3) except the width, which is ``--hidden`` for all three (equal model).  Step cost
-does not depend on these values.
+Hyperparameters follow conf/algorithm/meta_irm.yaml (lr 1e-3, l2 1e-3, penalty weight 100,
+inner_lr 0.1, 1 inner step, DropGrad 0.1, meta envs "others") and conf/algorithm/erm.yaml
+(lr 1e-3, l2 1e-3) except the width, which is ``--hidden`` for all three (equal model).
+Step cost does not depend on these values, except that a DropGrad rate > 0 draws one
+Gaussian per parameter element per inner step (``--dropgrad 0`` leaves it out).
 
 After one warm-up run of each method, the runs are interleaved with a rotating order over
 ``--repeats``; the table shows the median steady-state seconds per step (see
@@ -41,7 +42,7 @@ TARGETS = {"meta_irm_2nd": 3.0, "meta_irm_1st": 1.8}  # seconds-per-step ratio t
 
 # conf/algorithm/erm.yaml and conf/algorithm/meta_irm.yaml
 ERM_LR, ERM_L2 = 0.001, 0.001
-META_LR, META_L2, META_PENALTY_WEIGHT = 0.0005, 0.001, 1.0
+META_LR, META_L2, META_PENALTY_WEIGHT, META_DROPGRAD = 0.001, 0.001, 100.0, 0.1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--inner-lr", type=float, default=0.1)
     p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--dropgrad", type=float, default=META_DROPGRAD, help="Meta-IRM's DropGrad rate")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seed", type=int, default=0, help="model init seed (all methods)")
     p.add_argument("--data-seed", type=int, default=0)
@@ -91,6 +93,7 @@ def build_module(method: str, args):
         inner_steps=args.inner_steps,
         meta_envs="others",
         first_order=(method == "meta_irm_1st"),
+        dropgrad=args.dropgrad,
     )
 
 
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     methods = [m for m in METHODS if m in args.methods]
     print(
         f"config: steps={args.steps} repeats={args.repeats} warmup_steps={args.warmup_steps} hidden={args.hidden} "
-        f"envs=2x{args.env_size} inner_lr={args.inner_lr} inner_steps={args.inner_steps} methods={methods} "
+        f"envs=2x{args.env_size} inner_lr={args.inner_lr} inner_steps={args.inner_steps} "
+        f"dropgrad={args.dropgrad} methods={methods} "
         f"(path: pl.Trainer.fit -> training_step)"
     )
 
@@ -157,7 +161,9 @@ def main(argv=None) -> int:
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "hyperparameters": {
             "erm": {"lr": ERM_LR, "l2": ERM_L2},
-            "meta_irm": {"lr": META_LR, "l2": META_L2, "penalty_weight": META_PENALTY_WEIGHT},
+            "meta_irm": {
+                "lr": META_LR, "l2": META_L2, "penalty_weight": META_PENALTY_WEIGHT, "dropgrad": args.dropgrad,
+            },
         },
         "seconds_per_step": per_step,
         "median_seconds_per_step": medians,

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--env-size", type=int, default=bc.CMNIST_ENV_SIZE)
     p.add_argument("--inner-lr", type=float, default=0.1)
     p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--dropgrad", type=float, default=0.1, help="Meta-IRM's DropGrad rate (the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     args = p.parse_args(argv)

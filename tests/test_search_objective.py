@@ -12,6 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from metairm_pl.errors import ConfigError
 from metairm_pl.search_objective import OBJECTIVES, search_objective
@@ -117,3 +118,24 @@ def test_long_override_lists_give_a_short_stable_directory_name():
     assert len(name.encode()) <= MAX_DIRNAME_CHARS and name.startswith(long[:100])
     assert run_dirname(long, "default") == name  # deterministic: a relaunch finds it
     assert run_dirname(long[:-1] + "8", "default") != name  # and distinct per override list
+
+
+def test_stage_two_preset_is_a_grid_over_min_steps_at_the_meta_irm_preset_values():
+    """hparams_search=meta_irm_cmnist_stop varies only min_steps; everything else is the
+    current meta_irm preset, whose min_steps is one of the grid points."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        stage2 = compose("config", overrides=["hparams_search=meta_irm_cmnist_stop"], return_hydra_config=True)
+        preset = compose("config", overrides=["algorithm=meta_irm"])
+    sweeper = stage2.hydra.sweeper
+    assert sweeper.sampler._target_ == "optuna.samplers.GridSampler"
+    assert stage2.objective == "std_stopped_val_acc" and sweeper.direction == "maximize"
+    grid = str(sweeper.params["callbacks.std_early_stopping.min_steps"])
+    choices = [int(v) for v in grid[grid.index("(") + 1 : grid.index(")")].split(",")]
+    assert sweeper.n_trials == len(choices)
+    assert set(sweeper.params) == {"callbacks.std_early_stopping.min_steps"}
+    assert preset.callbacks.std_early_stopping.min_steps in choices
+    for key in ("algorithm.penalty.weight", "algorithm.inner_lr", "algorithm.optimizer.lr", "algorithm.dropgrad",
+                "model.hidden_dim", "trainer.max_steps", "trainer.val_check_interval",
+                "algorithm.penalty.anneal_steps", "callbacks.std_early_stopping.std_threshold"):
+        assert OmegaConf.select(stage2, key) == OmegaConf.select(preset, key), key
