@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from metairm_pl.analysis.replay_std_stop import as_final, main, record_std, repl
 from metairm_pl.errors import ConfigError
 from metairm_pl.io import read_jsonl
 from metairm_pl.run import train
+from metairm_pl.search_objective import search_objective
 
 
 def scripted(stds):
@@ -47,8 +49,6 @@ def test_std_falls_back_to_the_population_std_of_the_validation_losses():
 def test_objective_reads_validation_accuracy_and_the_stop_flag():
     record = {"step": 40, "val/a/acc": 0.6, "val/b/acc": 0.7, "test/t/acc": 0.99, "seed": 0}
     assert as_final(record, True)["metrics"] == {"val/a/acc": 0.6, "val/b/acc": 0.7, "test/t/acc": 0.99}
-    from metairm_pl.search_objective import search_objective
-
     assert search_objective(as_final(record, True), "std_stopped_val_acc") == pytest.approx(0.65)
     assert search_objective(as_final(record, False), "std_stopped_val_acc") == pytest.approx(0.65 - 2)
 
@@ -84,8 +84,6 @@ def test_a_real_stop_is_the_replayed_truncation_of_a_longer_run(make_config):
 
 
 def test_cli_prints_one_row_per_setting_and_rejects_bad_input(tmp_path, capsys):
-    import json
-
     run = tmp_path / "run"
     run.mkdir()
     (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scripted([0.01, 0.0005, 0.0002])))

@@ -8,12 +8,12 @@ records of one run that went on past its stop (for example with a threshold no s
 ``callbacks.std_early_stopping.std_threshold=1e-9``) hold, for every (min_steps, threshold),
 the exact run that setting would have trained: the first evaluation at step >= min_steps
 whose ``early_stop/val_loss_std`` (the std the callback computed) is below the threshold, or
-the last evaluation if there is none (with ``--max-steps``, evaluations after it are left
-out; a run capped there also evaluates at the cap itself, which the longer run did not,
-so a "never" row reads the last evaluation before the cap). For each setting this prints the stop step and the
-search objective of that record (:mod:`metairm_pl.search_objective`); it reads validation
-metrics only and prints no test number, so it can stand in for a validation-only search
-over these two settings (``hparams_search=meta_irm_cmnist_stop``). Exit code 2 on bad input.
+the last evaluation if there is none. With ``--max-steps``, evaluations after it are left
+out; a run capped there also evaluates at the cap itself, which the longer run did not, so
+a "never" row reads the last evaluation before the cap. For each setting this prints the
+stop step and the search objective of that record (:mod:`metairm_pl.search_objective`);
+it reads validation metrics only and prints no test number, so it can stand in for a
+validation-only search over these two settings (``hparams_search=meta_irm_cmnist_stop``). Exit code 2 on bad input.
 """
 
 from __future__ import annotations
