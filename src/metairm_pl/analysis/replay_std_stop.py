@@ -13,7 +13,8 @@ out; a run capped there also evaluates at the cap itself, which the longer run d
 a "never" row reads the last evaluation before the cap. For each setting this prints the
 stop step and the search objective of that record (:mod:`metairm_pl.search_objective`);
 it reads validation metrics only and prints no test number, so it can stand in for a
-validation-only search over these two settings (``hparams_search=meta_irm_cmnist_stop``). Exit code 2 on bad input.
+validation-only search over these two settings (``hparams_search=meta_irm_cmnist_stop``).
+Exit code 2 on bad input.
 """
 
 from __future__ import annotations
