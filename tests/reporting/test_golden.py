@@ -68,4 +68,4 @@ def test_golden_numbers_by_hand():
     last_md = (EXPECTED / "table_last.md").read_text(encoding="utf-8")
     assert "| erm | 89.3 ± 0.6 | 80.3 ± 0.6 | 15.0 ± 1.0 |" in last_md  # step 300: .15 .14 .16
     csv = (EXPECTED / "table_train_val.csv").read_text(encoding="utf-8")
-    assert "cmnist,irm,,training-env validation,test,p0.9,65.0000,1.4142,2,1,1,0\n" in csv
+    assert "cmnist,irm,,,training-env validation,test,p0.9,65.0000,1.4142,2,1,1,0\n" in csv

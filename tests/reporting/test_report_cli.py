@@ -101,7 +101,7 @@ def test_wandb_logs_the_table_and_plots_offline(tmp_path, monkeypatch, capsys):
     assert report.main(argv) == 0
     assert calls["init"]["mode"] == "offline" and calls["finished"]
     kind, columns, data = calls["log"]["results"]
-    assert kind == "Table" and columns[:6] == ["data", "algorithm", "tag", "selection", "split", "env"]
+    assert kind == "Table" and columns[:7] == ["data", "algorithm", "tag", "settings", "selection", "split", "env"]
     assert len(data) == 8  # 2 algorithms × (3 test envs + train)
     assert sorted(k for k in calls["log"] if k.startswith("plots/")) == [
         "plots/acc_vs_test_env-cmnist", "plots/penalty_vs_step-cmnist",

@@ -108,7 +108,42 @@ def test_csv_has_one_line_per_cell_and_empty_std_for_one_run():
     runs = [make_run("erm", 0, {"p0.9": 0.2})]
     text = render_csv(build_tables(runs, TRAIN_VAL))
     assert text.splitlines() == [
-        "data,algorithm,tag,selection,split,env,mean,std,n,n_failed,n_unfinished,n_unselected",
-        "cmnist,erm,,training-env validation,test,p0.9,20.0000,,1,0,0,0",
-        "cmnist,erm,,training-env validation,train,mean,75.0000,,1,0,0,0",
+        "data,algorithm,tag,settings,selection,split,env,mean,std,n,n_failed,n_unfinished,n_unselected",
+        "cmnist,erm,,,training-env validation,test,p0.9,20.0000,,1,0,0,0",
+        "cmnist,erm,,,training-env validation,train,mean,75.0000,,1,0,0,0",
     ]
+
+
+def run_in_dir(algorithm, seed, acc, settings_dir):
+    """A run whose directory is ``.../<algorithm>/<settings_dir>/seed=<seed>`` (the sweep layout)."""
+    run = make_run(algorithm, seed, {"p0.9": acc})
+    return Run(Path(f"/sweeps/t/cmnist/{algorithm}/{settings_dir}/seed={seed}"), run.status, run.records,
+               algorithm, "cmnist", seed, "")  # fmt: skip
+
+
+def test_runs_with_different_override_directories_get_their_own_rows():
+    runs = [run_in_dir("erm", s, a, "default") for s, a in ((0, 0.36), (1, 0.38))]
+    runs += [run_in_dir("erm", s, a, "trainer.max_steps=5001") for s, a in ((0, 0.41), (1, 0.43))]
+    table = build_tables(runs, LAST)[0]
+    rows = rows_by_label_with_settings(table)
+    assert list(rows) == ["erm", "erm [trainer.max_steps=5001]"]
+    assert rows["erm"].cells["p0.9"].mean == pytest.approx(37.0)
+    assert rows["erm [trainer.max_steps=5001]"].cells["p0.9"].mean == pytest.approx(42.0)
+    assert all(not row.duplicate_seeds for row in table.rows)
+    text = render_markdown([table], LAST)
+    assert "| erm [trainer.max_steps=5001] | 42.0 ± 1.4 |" in text and "×2" not in text
+    csv_lines = render_csv([table]).splitlines()
+    assert "cmnist,erm,,trainer.max_steps=5001,last evaluation,test,p0.9,42.0000,1.4142,2,0,0,0" in csv_lines
+    assert "cmnist,erm,,,last evaluation,test,p0.9,37.0000,1.4142,2,0,0,0" in csv_lines
+
+
+def test_settings_stay_out_of_labels_when_every_row_has_the_same():
+    runs = [run_in_dir("erm", 0, 0.4, "lr=0.1"), run_in_dir("irm", 0, 0.6, "lr=0.1")]
+    table = build_tables(runs, LAST)[0]
+    assert not table.show_settings
+    assert [row.label(table.show_tags, table.show_settings) for row in table.rows] == ["erm", "irm"]
+    assert [row.settings for row in table.rows] == ["lr=0.1", "lr=0.1"]
+
+
+def rows_by_label_with_settings(table):
+    return {row.label(table.show_tags, table.show_settings): row for row in table.rows}

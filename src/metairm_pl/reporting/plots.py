@@ -100,7 +100,7 @@ def accuracy_vs_test_env_figure(table: Table) -> Optional[Figure]:
             markersize=4,
             capsize=3,
             elinewidth=1,
-            label=f"{row.label(table.show_tags)} (n={row.n})",
+            label=f"{row.label(table.show_tags, table.show_settings)} (n={row.n})",
         )
     ps = [p for p, _ in envs]
     axes.set_xticks(ps, [f"{p:g}" for p in ps])

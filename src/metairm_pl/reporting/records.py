@@ -64,6 +64,15 @@ class Run:
     def group_key(self) -> tuple[str, str, str]:
         return (self.data, self.algorithm, self.tag)
 
+    @property
+    def settings(self) -> str:
+        """The run's command-line overrides as its directory names them (the folder above
+        ``seed=N``, e.g. ``trainer.max_steps=5001``); empty for ``default`` or another layout."""
+        if not self.path.name.startswith("seed="):
+            return ""
+        name = self.path.parent.name
+        return "" if name == "default" else name
+
     def config_value(self, dotted_key: str) -> Any:
         """The value at ``dotted_key`` (e.g. ``"data.label_noise_gap"``) of config.yaml, or None."""
         node: Any = self.config

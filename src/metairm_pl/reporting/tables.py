@@ -1,5 +1,6 @@
-"""Paper-style result tables: one per data set, rows = algorithms (× tag when tags differ),
-columns = test envs plus ``train`` (mean accuracy over the training envs).
+"""Paper-style result tables: one per data set, rows = algorithms × tag × settings (the
+command-line overrides a run directory is named after; tag and settings are shown when they
+tell rows apart), columns = test envs plus ``train`` (mean accuracy over the training envs).
 
 A cell is the mean ± *sample* standard deviation (ddof = 1) over the n finished runs of its
 row, in percent with one decimal (``70.4 ± 0.9``); with n = 1 the std is ``—``; a cell no
@@ -87,9 +88,11 @@ class Row:
     n_unfinished: int
     n_unselected: int  # finished runs the selection found no record in
     duplicate_seeds: tuple[tuple[int, int], ...] = ()  # (seed, count) for seeds seen twice or more
+    settings: str = ""  # the run directories' override name ("" for the defaults)
 
-    def label(self, show_tag: bool) -> str:
-        return f"{self.algorithm} [{self.tag}]" if show_tag and self.tag else self.algorithm
+    def label(self, show_tag: bool, show_settings: bool = False) -> str:
+        label = f"{self.algorithm} [{self.tag}]" if show_tag and self.tag else self.algorithm
+        return f"{label} [{self.settings}]" if show_settings and self.settings else label
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ class Table:
     def show_tags(self) -> bool:
         """Tags go into row labels only when they tell rows apart."""
         return len({row.tag for row in self.rows}) > 1
+
+    @property
+    def show_settings(self) -> bool:
+        """Settings go into row labels only when they tell rows apart."""
+        return len({row.settings for row in self.rows}) > 1
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,13 @@ def _envs_of(runs: Sequence[Run], split: str) -> tuple[str, ...]:
 
 
 def build_row(
-    data: str, algorithm: str, tag: str, runs: Sequence[Run], columns: Sequence[str], selection: SelectionMethod
+    data: str,
+    algorithm: str,
+    tag: str,
+    runs: Sequence[Run],
+    columns: Sequence[str],
+    selection: SelectionMethod,
+    settings: str = "",
 ) -> Row:
     status = Counter(run.status for run in runs)
     selected = [s.record for s in select_runs(runs, selection) if s.record is not None]
@@ -144,11 +158,12 @@ def build_row(
         n_unfinished=status[RunStatus.UNFINISHED],
         n_unselected=status[RunStatus.DONE] - len(selected),
         duplicate_seeds=tuple(sorted((seed, count) for seed, count in seeds.items() if count > 1)),
+        settings=settings,
     )
 
 
 def build_tables(runs: Iterable[Run], selection: SelectionMethod) -> list[Table]:
-    """One table per data set (sorted by name); rows grouped by algorithm × tag."""
+    """One table per data set (sorted by name); rows grouped by algorithm × tag × settings."""
     by_data: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_data[run.data].append(run)
@@ -156,11 +171,16 @@ def build_tables(runs: Iterable[Run], selection: SelectionMethod) -> list[Table]
     for data in sorted(by_data, key=natural_key):
         data_runs = by_data[data]
         columns = _envs_of(data_runs, "test") + (TRAIN_COLUMN,)
-        groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
         for run in data_runs:
-            groups[(run.algorithm, run.tag)].append(run)
-        order = sorted(groups, key=lambda key: (algorithm_sort_key(key[0]), natural_key(key[1])))
-        rows = tuple(build_row(data, alg, tag, groups[(alg, tag)], columns, selection) for alg, tag in order)
+            groups[(run.algorithm, run.tag, run.settings)].append(run)
+        order = sorted(
+            groups, key=lambda key: (algorithm_sort_key(key[0]), natural_key(key[1]), natural_key(key[2]))
+        )
+        rows = tuple(
+            build_row(data, alg, tag, groups[(alg, tag, settings)], columns, selection, settings)
+            for alg, tag, settings in order
+        )
         tables.append(Table(data, _envs_of(data_runs, "train"), columns, rows, selection))
     return tables
 
@@ -214,13 +234,13 @@ def render_table_markdown(table: Table) -> str:
     for row in table.rows:
         cells = [format_cell(row.cells[c], row.n) for c in table.columns]
         notes = _md_escape(row_notes(row, table.selection))
-        parts = [_md_escape(row.label(table.show_tags)), *cells, str(row.n), notes]
+        parts = [_md_escape(row.label(table.show_tags, table.show_settings)), *cells, str(row.n), notes]
         lines.append("| " + " | ".join(parts) + " |")
     if any(row.duplicate_seeds for row in table.rows):
         lines += [
             "",
-            "Note: a seed that appears more than once in a row means runs with other differing settings "
-            "were pooled; give them distinct `tag`s.",
+            "Note: a seed that appears more than once in a row means runs whose settings differ but not "
+            "in their tag or run-directory name were pooled; give them distinct `tag`s.",
         ]
     return "\n".join(lines)
 
@@ -233,7 +253,7 @@ def render_markdown(tables: Sequence[Table], selection: SelectionMethod) -> str:
 
 
 CSV_FIELDS = (
-    "data", "algorithm", "tag", "selection", "split", "env", "mean", "std", "n",
+    "data", "algorithm", "tag", "settings", "selection", "split", "env", "mean", "std", "n",
     "n_failed", "n_unfinished", "n_unselected",
 )  # fmt: skip
 
@@ -251,6 +271,7 @@ def csv_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
                         "data": table.data,
                         "algorithm": row.algorithm,
                         "tag": row.tag,
+                        "settings": row.settings,
                         "selection": table.selection.label,
                         "split": split,
                         "env": env,
