@@ -20,16 +20,17 @@ from metairm_pl.reporting.tables import (
 )
 
 
-def make_run(algorithm, seed, tests, status=RunStatus.DONE, tag="", data="cmnist", train=(0.8, 0.7)):
+def make_run(algorithm, seed, tests, status=RunStatus.DONE, tag="", data="cmnist", train=(0.8, 0.7), path=None):
     """One run with a single record: test accuracies ``tests`` {env: acc}, training envs a, b."""
     record = {"step": 1, "algorithm": algorithm, "data": data, "seed": seed, "tag": tag}
     record.update({"train/a/acc": train[0], "train/b/acc": train[1], "val/a/acc": 0.5, "val/b/acc": 0.5})
     record.update({f"test/{env}/acc": acc for env, acc in tests.items()})
-    return Run(Path(f"/runs/{algorithm}/{tag}/{seed}"), status, (record,), algorithm, data, seed, tag)
+    path = Path(path or f"/runs/{algorithm}/{tag}/{seed}")
+    return Run(path, status, (record,), algorithm, data, seed, tag)
 
 
 def rows_by_label(table):
-    return {row.label(table.show_tags): row for row in table.rows}
+    return {row.label(table.show_tags, table.show_settings): row for row in table.rows}
 
 
 def test_mean_and_sample_std_in_percent():
@@ -116,16 +117,14 @@ def test_csv_has_one_line_per_cell_and_empty_std_for_one_run():
 
 def run_in_dir(algorithm, seed, acc, settings_dir):
     """A run whose directory is ``.../<algorithm>/<settings_dir>/seed=<seed>`` (the sweep layout)."""
-    run = make_run(algorithm, seed, {"p0.9": acc})
-    return Run(Path(f"/sweeps/t/cmnist/{algorithm}/{settings_dir}/seed={seed}"), run.status, run.records,
-               algorithm, "cmnist", seed, "")  # fmt: skip
+    return make_run(algorithm, seed, {"p0.9": acc}, path=f"/sweeps/t/cmnist/{algorithm}/{settings_dir}/seed={seed}")
 
 
 def test_runs_with_different_override_directories_get_their_own_rows():
     runs = [run_in_dir("erm", s, a, "default") for s, a in ((0, 0.36), (1, 0.38))]
     runs += [run_in_dir("erm", s, a, "trainer.max_steps=5001") for s, a in ((0, 0.41), (1, 0.43))]
     table = build_tables(runs, LAST)[0]
-    rows = rows_by_label_with_settings(table)
+    rows = rows_by_label(table)
     assert list(rows) == ["erm", "erm [trainer.max_steps=5001]"]
     assert rows["erm"].cells["p0.9"].mean == pytest.approx(37.0)
     assert rows["erm [trainer.max_steps=5001]"].cells["p0.9"].mean == pytest.approx(42.0)
@@ -144,6 +143,3 @@ def test_settings_stay_out_of_labels_when_every_row_has_the_same():
     assert [row.label(table.show_tags, table.show_settings) for row in table.rows] == ["erm", "irm"]
     assert [row.settings for row in table.rows] == ["lr=0.1", "lr=0.1"]
 
-
-def rows_by_label_with_settings(table):
-    return {row.label(table.show_tags, table.show_settings): row for row in table.rows}
