@@ -142,4 +142,3 @@ def test_settings_stay_out_of_labels_when_every_row_has_the_same():
     assert not table.show_settings
     assert [row.label(table.show_tags, table.show_settings) for row in table.rows] == ["erm", "irm"]
     assert [row.settings for row in table.rows] == ["lr=0.1", "lr=0.1"]
-
