@@ -1,7 +1,8 @@
 """Hydra entry point: ``python train.py algorithm=irm data=cmnist [key=value ...]``.
 
 Composes ``conf/``, runs :func:`metairm_pl.run.train`, and reports bad input as one
-paragraph (exit code 2) instead of a traceback.
+paragraph (exit code 2) instead of a traceback.  In a multirun (``-m``) a failed job is one
+line and the other jobs still run (:mod:`metairm_pl.sweep`).
 """
 
 import logging
@@ -13,11 +14,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
-from metairm_pl.resolvers import register_resolvers
-from metairm_pl.run import summary_lines, train, user_error_in
+from metairm_pl.resolvers import register_resolvers, remember_launch_dir
+from metairm_pl.run import describe_failure, summary_lines, train, user_error_in
 from metairm_pl.search_objective import search_objective
+from metairm_pl.sweep import fail_job, in_multirun
 
 register_resolvers()
+remember_launch_dir()  # before Hydra: every job of a sweep resolves paths against it
 
 
 def quiet_under_sweeps(cfg: DictConfig) -> None:
@@ -30,13 +33,16 @@ def quiet_under_sweeps(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     """Train one run; return its validation-only search objective (``objective``) to a sweeper."""
     quiet_under_sweeps(cfg)
     try:
         final = train(cfg)
         objective = search_objective(final, cfg.objective)
     except Exception as error:  # noqa: BLE001 - user errors become one readable paragraph
+        if in_multirun():
+            fail_job(describe_failure(error))  # one line; the sweep goes on
+            return None
         user_error = user_error_in(error)
         if user_error is None:
             raise

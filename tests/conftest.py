@@ -23,7 +23,10 @@ QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """The composed training config, as train.py would see it, writing into ``output_dir``."""
+    """The composed training config, as train.py would see it, writing into ``output_dir``.
+
+    It sets ``paths.*``, which users do not type: the defaults they meet are tested by
+    ``tests/test_readme_commands.py``, which runs the README's commands without them."""
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -76,9 +76,9 @@ def test_missing_mnist_without_a_way_to_fetch_it(make_config):
 
 def test_cli_reports_one_paragraph_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "train.py", *SHORT, "data.val_fraction=2", "logger=none",
-         "trainer.enable_progress_bar=false", f"paths.output_root={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, str(ROOT / "train.py"), *SHORT, "data.val_fraction=2", "logger=none",
+         "trainer.enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -91,8 +91,8 @@ def test_cli_reports_one_paragraph_without_traceback(tmp_path):
 )
 def test_cli_unknown_option_lists_valid_ones(tmp_path, group, valid):
     result = subprocess.run(
-        [sys.executable, "train.py", f"{group}=nope", f"paths.output_root={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, str(ROOT / "train.py"), f"{group}=nope"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "nope" in result.stderr and all(option in result.stderr for option in valid)

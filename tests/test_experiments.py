@@ -223,17 +223,18 @@ def test_multirun_launches_each_job_with_its_directory_and_tag(tmp_path, monkeyp
     register_resolvers()
     GlobalHydra.instance().clear()
     argv = ["train.py", "-m", experiment_override("table3"), "algorithm=irm", "seed=0",
-            f"paths.output_root={tmp_path}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+            "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(tmp_path)  # the default output root: ./outputs
     try:
         task()
     finally:
         GlobalHydra.instance().clear()
-    root = tmp_path / "sweeps" / "table3" / "cmnist" / "irm"
+    root = tmp_path / "outputs" / "sweeps" / "table3" / "cmnist" / "irm"
     assert sorted(launched) == sorted(
         (str(root / f"data.train_env_size={n}" / "seed=0"), f"table3_n{n}", n, "irm") for n in SIZES
     )
-    assert (tmp_path / "sweeps" / "table3" / "multirun.yaml").exists()
+    assert (tmp_path / "outputs" / "sweeps" / "table3" / "multirun.yaml").exists()
 
 
 # -- slow: each experiment's first job, 2 steps on tiny data ---------------------------------

@@ -71,13 +71,16 @@ def case_overrides(algorithm: str, max_steps: int) -> list[str]:
 
 
 def launch(overrides: list[str], output_root: Path, log_name: str) -> subprocess.Popen:
-    """``python train.py`` with one intra-op thread (both runs alike; spares the shared cores)."""
+    """``python train.py`` as a user types it, in ``output_root``'s parent directory (which
+    the default ``paths.output_root``, ``./outputs``, must then be), with one intra-op thread
+    (both runs alike; spares the shared cores)."""
+    assert output_root.name == "outputs", output_root
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     output_root.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(output_root.parent / log_name, "w")  # noqa: SIM115 - closed by finish()
     process = subprocess.Popen(
-        [sys.executable, "train.py", *overrides, f"paths.output_root={output_root}"],
-        cwd=ROOT,
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=output_root.parent,
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -141,7 +144,7 @@ def kill_after_record(process: subprocess.Popen, output_root: Path, step: int) -
 def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     for attempt, max_steps in enumerate(MAX_STEPS):
         overrides = case_overrides(algorithm, max_steps)
-        reference_root, resumed_root = tmp_path / f"reference{attempt}" / "out", tmp_path / f"resumed{attempt}" / "out"
+        reference_root, resumed_root = tmp_path / f"reference{attempt}" / "outputs", tmp_path / f"resumed{attempt}" / "outputs"
         # The uninterrupted run and the run to kill go side by side.
         reference = launch(overrides, reference_root, "run.log")
         victim = launch(overrides, resumed_root, "killed.log")

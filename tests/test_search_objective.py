@@ -82,17 +82,16 @@ def test_optuna_search_returns_objectives_and_a_relaunch_reuses_finished_trials(
     """Two real trials through train.py: the best value Optuna reports is the best objective
     of the runs; relaunching the same search trains nothing new."""
     command = [
-        sys.executable, "train.py", "-m", "hparams_search=meta_irm_cmnist", "data=synthetic",
+        sys.executable, str(REPO / "train.py"), "-m", "hparams_search=meta_irm_cmnist", "data=synthetic",
         "algorithm.penalty.anneal_steps=2", "hydra/launcher=basic", "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.n_startup_trials=2",
         "model.hidden_dim=8", "trainer.max_steps=12", "trainer.val_check_interval=4", "logger=none",
         "callbacks.std_early_stopping.std_threshold=0.5",
-        f"paths.output_root={tmp_path}",
-    ]
+    ]  # run in tmp_path as a user would: outputs go to ./outputs
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep_dir = tmp_path / "sweeps" / "hparams_meta_irm_cmnist"
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "hparams_meta_irm_cmnist"
     finals = sorted(sweep_dir.rglob("final.json"))
     assert 1 <= len(finals) <= 2  # two trials; TPE may suggest the same point twice
     objectives = [search_objective(json.loads(f.read_text()), "std_stopped_val_acc") for f in finals]
@@ -100,7 +99,7 @@ def test_optuna_search_returns_objectives_and_a_relaunch_reuses_finished_trials(
     assert best["best_value"] == pytest.approx(max(objectives))
     stamps = {f: f.stat().st_mtime_ns for f in finals}
 
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(sweep_dir.rglob("final.json")) == finals
     assert {f: f.stat().st_mtime_ns for f in finals} == stamps

@@ -63,23 +63,25 @@ FINISHED_FILES = (
 )  # fmt: skip
 
 
-def sweep_command(output_root: Path, launcher: str) -> list[str]:
+def sweep_command(launcher: str) -> list[str]:
+    """The sweep as a user types it (run in a fresh directory: outputs go to ./outputs)."""
     steps = ",".join(f"{algorithm}:{n}" for algorithm, n in STEPS.items())
     return [
-        sys.executable, "train.py", "-m",
+        sys.executable, str(ROOT / "train.py"), "-m",
         "data=synthetic", f"algorithm={','.join(STEPS)}", f"seed={','.join(map(str, SEEDS))}",
         "model.hidden_dim=8",
         f"+steps={{{steps}}}", "trainer.max_steps='${steps.${algorithm.name}}'",
         f"trainer.val_check_interval={VAL_EVERY}", f"checkpoint_every={CHECKPOINT_EVERY}",
-        "logger=none", f"tag={TAG}", *LAUNCHERS[launcher], f"paths.output_root={output_root}",
+        "logger=none", f"tag={TAG}", *LAUNCHERS[launcher],
     ]  # fmt: skip
 
 
 def launch(command: list[str], log_path: Path) -> subprocess.Popen:
+    """``command`` in its own session, in the log file's directory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "1"}
     log_file = open(log_path, "w")  # noqa: SIM115 - closed by running()
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        command, cwd=log_path.parent, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
     )
     process.log_file = log_file  # type: ignore[attr-defined]
     return process
@@ -195,9 +197,8 @@ def expected_steps(algorithm: str) -> list[int]:
     "launcher", LAUNCHERS
 )
 def test_killed_sweep_relaunch_skips_finished_and_resumes_the_rest(tmp_path, launcher):
-    output_root = tmp_path / "out"
-    sweep_dir = output_root / "sweeps" / TAG
-    command = sweep_command(output_root, launcher)
+    sweep_dir = tmp_path / "outputs" / "sweeps" / TAG
+    command = sweep_command(launcher)
 
     with running(command, tmp_path / "first.log") as first:
         kill_in_window(first, sweep_dir)

@@ -1,10 +1,30 @@
 """OmegaConf resolvers used by the configs."""
 
 import hashlib
+import os
 
 from omegaconf import OmegaConf
 
 MAX_DIRNAME_CHARS = 200  # file systems allow 255 bytes per path component
+LAUNCH_DIR_ENV = "METAIRM_LAUNCH_DIR"
+
+
+def remember_launch_dir() -> str:
+    """Record the directory the user launched from in the environment, unless a parent
+    process already did, and return it.
+
+    ``train.py`` calls this before Hydra starts: every process of a sweep (joblib workers,
+    submitit jobs, SLURM jobs, which inherit the environment) then resolves relative paths
+    against the same directory.  ``${hydra:runtime.cwd}`` cannot serve here: Hydra sets it
+    only inside a job, after a sweeper has already needed ``hydra.sweep.dir``.
+    """
+    return os.environ.setdefault(LAUNCH_DIR_ENV, os.getcwd())
+
+
+def launch_dir() -> str:
+    """The directory the user launched from (see :func:`remember_launch_dir`); the current
+    directory when nothing recorded one (in-process use: tests, notebooks)."""
+    return os.environ.get(LAUNCH_DIR_ENV) or os.getcwd()
 
 
 def run_dirname(overrides: str, default: str) -> str:
@@ -24,8 +44,12 @@ def register_resolvers() -> None:
 
     * ``${or_default:VALUE,DEFAULT}``: VALUE unless it is empty, then DEFAULT.
     * ``${run_dirname:OVERRIDES,DEFAULT}``: :func:`run_dirname`.
+    * ``${launch_dir:}``: :func:`launch_dir`, valid in every Hydra mode (run, multirun, any
+      launcher or sweeper), unlike ``${hydra:runtime.cwd}``.
     """
     if not OmegaConf.has_resolver("or_default"):
         OmegaConf.register_new_resolver("or_default", lambda value, default: value if value else default)
     if not OmegaConf.has_resolver("run_dirname"):
         OmegaConf.register_new_resolver("run_dirname", run_dirname)
+    if not OmegaConf.has_resolver("launch_dir"):
+        OmegaConf.register_new_resolver("launch_dir", launch_dir)

@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -244,34 +245,35 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("deterministic", True):
         torch.use_deterministic_algorithms(True, warn_only=True)
-    datamodule = build_datamodule(cfg)
-    algorithm = build_algorithm(cfg, datamodule)
-    writer = ResultsWriter(str(run_dir), run_info(cfg))
-    # Last, so a checkpoint after an evaluation holds its record and the callbacks' states.
-    every = cfg.get("checkpoint_every", 0)
-    checkpointer = PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, 0 if every is None else every)
-    loggers = build_loggers(cfg)
-    callbacks = build_callbacks(cfg)
-    check_callbacks_have_data(callbacks, datamodule)
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        callbacks=callbacks + [writer, checkpointer],
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-    )
-    if resume_point is not None:
-        kept = writer.keep_until(resume_point.step)
-        log.info(
-            "resuming from step %d (%s); kept %d record(s) up to that step",
-            resume_point.step,
-            resume_point.checkpoint,
-            kept,
-        )
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(resolved)
+    trainer: Optional[pl.Trainer] = None
     status = "failed"
     try:
+        datamodule = build_datamodule(cfg)
+        algorithm = build_algorithm(cfg, datamodule)
+        writer = ResultsWriter(str(run_dir), run_info(cfg))
+        # Last, so a checkpoint after an evaluation holds its record and the callbacks' states.
+        every = cfg.get("checkpoint_every", 0)
+        checkpointer = PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, 0 if every is None else every)
+        loggers = build_loggers(cfg)
+        callbacks = build_callbacks(cfg)
+        check_callbacks_have_data(callbacks, datamodule)
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks + [writer, checkpointer],
+            logger=loggers or False,
+            default_root_dir=str(run_dir),
+        )
+        if resume_point is not None:
+            kept = writer.keep_until(resume_point.step)
+            log.info(
+                "resuming from step %d (%s); kept %d record(s) up to that step",
+                resume_point.step,
+                resume_point.checkpoint,
+                kept,
+            )
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(resolved)
         trainer.fit(
             algorithm,
             datamodule=datamodule,
@@ -296,16 +298,33 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         status = "success"
         return final
     except BaseException as error:
-        atomic_write_text(run_dir / FAILED_MARKER, f"{type(error).__name__}: {error}\n")
+        atomic_write_text(run_dir / FAILED_MARKER, failure_text(error))
         raise
     finally:
-        for logger in trainer.loggers:
+        for logger in trainer.loggers if trainer is not None else ():
             logger.finalize(status)
         if "wandb" in sys.modules:
             import wandb
 
             if wandb.run is not None:
                 wandb.finish(exit_code=0 if status == "success" else 1)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line saying why a run failed: the user error's message (config, data, paths) when
+    there is one, else the exception's type and message."""
+    user_error = user_error_in(error)
+    reason = str(user_error) if user_error is not None else f"{type(error).__name__}: {error}"
+    return " ".join(reason.split())
+
+
+def failure_text(error: BaseException) -> str:
+    """The ``failed`` marker's text: the one-line reason, then the traceback unless the
+    error was the user's (a traceback would only point into our code)."""
+    text = describe_failure(error) + "\n"
+    if user_error_in(error) is None:
+        text += "".join(traceback.format_exception(error))
+    return text
 
 
 def check_training_finished(trainer: pl.Trainer, algorithm) -> None:

@@ -1,0 +1,97 @@
+"""Multiruns: one failed job costs one line, never the sweep.
+
+Inside a job of ``python train.py -m ...``, :func:`fail_job` turns the job's error into one
+log line naming the job and the reason, appends it to the sweep directory's
+``failed_jobs.jsonl``, and lets the sweep go on.  Hydra's basic sweeper would otherwise stop
+the whole sweep at the end of the batch with a traceback (and ``sys.exit`` in a job would
+stop it at once).
+
+:class:`SweepSummary` (a Hydra callback, ``conf/hydra/default.yaml``) lists the jobs that
+failed in this launch when the multirun ends, and makes the command exit with status 1 if
+any did, so scripts notice.  The jobs may run in other processes or on other machines
+(joblib, submitit, SLURM): the sweep directory is what they share.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from metairm_pl.io import append_jsonl, read_jsonl
+
+log = logging.getLogger("sweep")
+
+FAILED_JOBS_FILE = "failed_jobs.jsonl"  # in the sweep directory: one line per failed job
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+class JobFailed(Exception):
+    """Raised to a sweeper that reads objectives (Optuna): it records a failed trial."""
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_label() -> str:
+    """``#<job number> (<the job's overrides>)``."""
+    hydra_cfg = HydraConfig.get()
+    return f"#{hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)})"
+
+
+def fail_job(reason: str) -> None:
+    """Report a failed sweep job in one line and hand the failure to the sweeper.
+
+    The basic sweeper (with any launcher: basic, joblib, submitit) gets a normal return, so
+    the other jobs run and the sweep ends with :class:`SweepSummary`'s list.  A sweeper that
+    reads the return value as an objective (Optuna) gets :class:`JobFailed`, which it records
+    as a failed trial (``hydra.sweeper.max_failure_rate`` decides how many it tolerates; our
+    ``hparams_search`` presets tolerate all of them).
+    """
+    hydra_cfg = HydraConfig.get()
+    label = job_label()
+    log.error("job %s failed: %s", label, reason)
+    record = {"time": time.time(), "job": label, "run_dir": hydra_cfg.runtime.output_dir, "reason": reason}
+    append_jsonl(Path(hydra_cfg.sweep.dir) / FAILED_JOBS_FILE, record)
+    if hydra_cfg.sweeper.get("_target_") != BASIC_SWEEPER:
+        raise JobFailed(reason)
+
+
+def failed_jobs(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
+    """The failed-job records of ``sweep_dir`` written at or after time ``since``."""
+    path = sweep_dir / FAILED_JOBS_FILE
+    if not path.is_file():
+        return []
+    return [record for record in read_jsonl(path) if record["time"] >= since]
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: one line per job that failed in it, and exit status 1."""
+
+    def __init__(self) -> None:
+        self.started: Optional[float] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.started is None:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        failures = failed_jobs(sweep_dir, self.started)
+        if not failures:
+            return
+        log.error("%d job(s) of this multirun failed (listed in %s):", len(failures), sweep_dir / FAILED_JOBS_FILE)
+        for record in failures:
+            log.error("  job %s: %s", record["job"], record["reason"])
+        sys.exit(1)
