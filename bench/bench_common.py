@@ -126,6 +126,17 @@ def make_datamodule(envs: dict[str, tuple[Tensor, Tensor]]):
     return BenchEnvDataModule(envs)
 
 
+def setup(args) -> tuple[torch.device, dict[str, tuple[Tensor, Tensor]], dict]:
+    """The common start of a step benchmark: quiet Lightning, thread count and determinism
+    (``args.threads``, ``args.deterministic``), the device (``args.device``), the synthetic
+    environments (``args.env_size``, ``args.data_seed``) and the system information."""
+    quiet_lightning()
+    configure_torch(args.threads, args.deterministic)
+    device = resolve_device(args.device)
+    envs = make_cmnist_like_envs(args.env_size, seed=args.data_seed)
+    return device, envs, system_info(device, args.deterministic)
+
+
 # --------------------------------------------------------------------------- trainer + timing
 
 
@@ -164,8 +175,8 @@ def step_timer_callback(times: StepTimes, steps: int, losses: list):
     return _StepTimer()
 
 
-def make_trainer(steps: int, device: torch.device, deterministic: bool, callbacks: list):
-    """A Trainer running exactly ``steps`` optimizer steps and nothing else."""
+def make_trainer(steps: int, device: torch.device, deterministic: bool, callbacks: list, precision: str = "32-true"):
+    """A Trainer running exactly ``steps`` optimizer steps and nothing else, at ``precision``."""
     import pytorch_lightning as pl
 
     return pl.Trainer(
@@ -183,17 +194,20 @@ def make_trainer(steps: int, device: torch.device, deterministic: bool, callback
         inference_mode=False,  # as conf/trainer/default.yaml (the IRMv1 penalty uses autograd)
         deterministic=deterministic,
         callbacks=callbacks,
+        precision=precision,
     )
 
 
-def fit_and_time(module, envs, steps: int, device: torch.device, deterministic: bool) -> dict:
-    """Fit ``module`` for ``steps`` steps on a fresh full-batch datamodule; time it.
+def fit_and_time(
+    module, envs, steps: int, device: torch.device, deterministic: bool, precision: str = "32-true"
+) -> dict:
+    """Fit ``module`` for ``steps`` steps on a fresh full-batch datamodule at ``precision``; time it.
 
     A fresh datamodule per run, so nothing it caches survives into the next run.
     """
     datamodule = make_datamodule(envs)
     times, losses = StepTimes(device), []
-    trainer = make_trainer(steps, device, deterministic, [step_timer_callback(times, steps, losses)])
+    trainer = make_trainer(steps, device, deterministic, [step_timer_callback(times, steps, losses)], precision)
     sync(device)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)

@@ -168,11 +168,7 @@ def compare(reference: dict, other: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    bc.quiet_lightning()
-    bc.configure_torch(args.threads, args.deterministic)
-    device = bc.resolve_device(args.device)
-    envs = bc.make_cmnist_like_envs(args.env_size, seed=args.data_seed)
-    info = bc.system_info(device, args.deterministic)
+    device, envs, info = bc.setup(args)
     bc.print_system(info)
     print(
         f"config: steps={args.steps} repeats={args.repeats} warmup_steps={args.warmup_steps} hidden={args.hidden} "

@@ -106,11 +106,7 @@ def run(method: str, args, envs, steps: int, device: torch.device) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    bc.quiet_lightning()
-    bc.configure_torch(args.threads, args.deterministic)
-    device = bc.resolve_device(args.device)
-    envs = bc.make_cmnist_like_envs(args.env_size, seed=args.data_seed)
-    info = bc.system_info(device, args.deterministic)
+    device, envs, info = bc.setup(args)
     bc.print_system(info)
     methods = [m for m in METHODS if m in args.methods]
     print(

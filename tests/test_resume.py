@@ -67,6 +67,8 @@ def case_overrides(algorithm: str, max_steps: int) -> list[str]:
             f"callbacks.std_early_stopping.min_steps={max_steps * 3 // 4}",
         ],
     }
+    # bf16-mixed: the same cases with the network's matmuls in bfloat16 (autocast)
+    cases |= {f"{name}_bf16": overrides + ["trainer.precision=bf16-mixed"] for name, overrides in list(cases.items())}
     return COMMON + [f"trainer.max_steps={max_steps}"] + cases[algorithm]
 
 
@@ -140,7 +142,7 @@ def kill_after_record(process: subprocess.Popen, output_root: Path, step: int) -
     return process.returncode == -signal.SIGKILL and not (run_dir(output_root) / "done").exists()
 
 
-@pytest.mark.parametrize("algorithm", ["erm", "irm", "meta_irm", "irm_minibatch"])
+@pytest.mark.parametrize("algorithm", ["erm", "irm", "meta_irm", "irm_minibatch", "irm_bf16", "meta_irm_bf16"])
 def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     for attempt, max_steps in enumerate(MAX_STEPS):
         overrides = case_overrides(algorithm, max_steps)

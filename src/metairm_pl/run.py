@@ -41,6 +41,7 @@ from metairm_pl.callbacks.checkpointing import (
 from metairm_pl.callbacks.results import RESULTS_FILE, ResultsWriter
 from metairm_pl.errors import ConfigError, UserError
 from metairm_pl.io import atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
+from metairm_pl.precision import check_precision
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,7 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     trainer: Optional[pl.Trainer] = None
     status = "failed"
     try:
+        check_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "cpu"))
         datamodule = build_datamodule(cfg)
         algorithm = build_algorithm(cfg, datamodule)
         writer = ResultsWriter(str(run_dir), run_info(cfg))

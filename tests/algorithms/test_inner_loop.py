@@ -154,6 +154,57 @@ def test_first_order_gradient_matches_detached_reference_and_differs_from_second
     assert diff > 0.05 * scale, (diff, scale)
 
 
+# --------------------------------------------------------------------------- (b2) bf16 autocast vs float64
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+
+
+def bf16_meta_gradient(model: nn.Module, envs, autocast: bool) -> torch.Tensor:
+    """∇θ of the outer loss with the project's risk (float32 losses from bf16 logits), flattened."""
+    from metairm_pl.algorithms.base import risk_function
+
+    params = leaf_params(model)
+    with torch.autocast(**BF16, enabled=autocast):
+        obj = meta_objective(model, params, envs, risk_function(2), INNER_LR, 2)
+        loss = obj.meta_loss_sum + LAMBDA * obj.meta_loss_std
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return torch.cat([g.flatten().double() for g in grads])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("activation", [nn.Tanh(), nn.ReLU()], ids=["tanh", "relu"])
+def test_bf16_autocast_meta_gradient_is_close_to_the_float64_one(activation, seed):
+    """The second-order meta-gradient above under ``trainer.precision=bf16-mixed`` (autocast)
+    vs float64.  Measured when written: cosine 0.9995-0.999998, relative error 0.002-0.032
+    (the largest: ReLU, seed 1); float32 without autocast: relative error ~1e-7."""
+    model, envs = make_mlp(activation, seed), make_envs(seed=seed + 1)
+    exact = bf16_meta_gradient(model, envs, autocast=False)
+    model32, envs32 = copy.deepcopy(model).float(), [(x.float(), y.float()) for x, y in envs]
+    mixed = bf16_meta_gradient(model32, envs32, autocast=True)
+    plain32 = bf16_meta_gradient(model32, envs32, autocast=False)
+    relative_error = ((mixed - exact).norm() / exact.norm()).item()
+    assert F.cosine_similarity(mixed, exact, dim=0).item() > 0.999
+    assert relative_error < 0.05
+    assert ((plain32 - exact).norm() / exact.norm()).item() < 1e-5
+    assert relative_error > 1e-4, "autocast had no effect: the bf16 path was not taken"
+
+
+def test_bf16_autocast_irm_penalty_gradient_is_close_to_the_float64_one():
+    from metairm_pl.algorithms.base import irm_penalty, risk_function
+
+    model, ((x, y), *_) = make_mlp(nn.Tanh()), make_envs()
+
+    def penalty_gradient(network, x, y, autocast):
+        with torch.autocast(**BF16, enabled=autocast):
+            penalty = irm_penalty(network(x).unsqueeze(-1), y, risk_function(2))
+        return torch.cat([g.flatten().double() for g in torch.autograd.grad(penalty, list(network.parameters()))])
+
+    exact = penalty_gradient(model, x, y, autocast=False)
+    mixed = penalty_gradient(copy.deepcopy(model).float(), x.float(), y.float(), autocast=True)
+    assert F.cosine_similarity(mixed, exact, dim=0).item() > 0.999
+    assert 1e-4 < ((mixed - exact).norm() / exact.norm()).item() < 0.05
+
+
 # --------------------------------------------------------------------------- (c) population std
 
 

@@ -13,6 +13,15 @@ They are restored just before the first training step after a resume, so a resum
 continues with exactly the random numbers an uninterrupted run would draw (in minibatch
 mode the data order is restored by the training loaders' own state, see
 :class:`metairm_pl.data.multienv.EnvBatchSampler`).
+
+**Precision.** Under ``trainer.precision=bf16-mixed`` Lightning runs ``training_step`` in
+``torch.autocast(dtype=torch.bfloat16)``: the network's matmuls (its ``nn.Linear`` layers,
+also when Meta-IRM calls them through ``functional_call``) take bf16 inputs and give bf16
+logits.  Everything else stays float32: :func:`risk_function` and :func:`irm_penalty` cast
+the logits to float32 first, so risks, the dummy-scale gradient, penalties, Meta-IRM's
+meta-losses and σ, L2, the parameters, their gradients and the optimizer state are float32.
+Evaluation (:meth:`MultiEnvAlgorithm.evaluate`) turns autocast off: every recorded metric,
+and the std of validation losses that the early stop reads, is computed in float32.
 """
 
 from __future__ import annotations
@@ -89,11 +98,24 @@ class Objective:
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
+def full_precision(tensor: Tensor) -> Tensor:
+    """``tensor`` as float32 if it is a half-precision float (bf16 logits under autocast),
+    else unchanged (float32 stays, and so does float64, e.g. in gradient checks)."""
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
+
+
 def risk_function(num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean negative log-likelihood: logistic for 2 classes (one logit), softmax otherwise."""
+    """Mean negative log-likelihood: logistic for 2 classes (one logit), softmax otherwise.
+
+    Computed in at least float32 (:func:`full_precision`), whatever the logits' dtype."""
+
+    def binary_risk(logits: Tensor, y: Tensor) -> Tensor:
+        logits = full_precision(logits).squeeze(-1)
+        return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
+
     if num_classes == 2:
-        return lambda logits, y: F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.to(logits.dtype))
-    return lambda logits, y: F.cross_entropy(logits, y)
+        return binary_risk
+    return lambda logits, y: F.cross_entropy(full_precision(logits), y)
 
 
 def accuracy(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
@@ -110,6 +132,7 @@ def irm_penalty(logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], T
     (kakaobrain/irm-empirical-study); the penalty is the sum of the k squared gradients.
     Differentiable w.r.t. ``logits`` (``create_graph=True``), so it can be trained on.
     """
+    logits = full_precision(logits)  # a small gradient: float32 even under bf16 autocast
     scale_shape = () if logits.shape[-1] == 1 else (1, logits.shape[-1])
     scale = torch.ones(scale_shape, dtype=logits.dtype, device=logits.device, requires_grad=True)
     (grad,) = torch.autograd.grad(risk_fn(logits * scale, y), [scale], create_graph=True)
@@ -279,12 +302,14 @@ class MultiEnvAlgorithm(pl.LightningModule):
         }
 
     def evaluate(self, eval_batch: Mapping[str, EnvBatch]) -> dict[str, float]:
-        """``{"<split>/<env>/<metric>": value}`` for every split, env and metric."""
+        """``{"<split>/<env>/<metric>": value}`` for every split, env and metric, in float32
+        whatever the training precision (autocast off)."""
         metrics = {}
-        for split, envs in eval_batch.items():
-            for env, (x, y) in envs.items():
-                for metric, value in self.evaluate_env(x, y).items():
-                    metrics[f"{split}/{env}/{metric}"] = value
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            for split, envs in eval_batch.items():
+                for env, (x, y) in envs.items():
+                    for metric, value in self.evaluate_env(x, y).items():
+                        metrics[f"{split}/{env}/{metric}"] = value
         return metrics
 
     def validation_step(self, batch, batch_idx: int) -> None:

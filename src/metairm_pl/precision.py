@@ -1,0 +1,74 @@
+"""Numerical precision of training: ``trainer.precision``.
+
+* ``32-true``: everything in float32 (bit-identical to the official IRM loop on CPU).
+* ``bf16-mixed``: Lightning's autocast runs the network's matmuls (``nn.Linear``, and
+  ``torch.func.functional_call`` of the same layers in Meta-IRM's inner loop) in bfloat16;
+  parameters, gradients, optimizer state, losses, penalties, the IRMv1 dummy-scale
+  gradient, Meta-IRM's inner updates, meta-losses and σ, and L2 stay float32 (the algorithms
+  cast logits to float32 before any loss, see :mod:`metairm_pl.algorithms.base`).
+  Evaluation always runs in float32, whatever the training precision.
+
+bf16 is fast only where the hardware multiplies bf16 natively (x86 CPUs with the
+``avx512_bf16`` or ``amx_bf16`` flag, Arm CPUs with ``bf16``, CUDA GPUs from Ampere on);
+elsewhere it is emulated, and :func:`check_precision` warns once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+from pathlib import Path
+
+import torch
+
+from metairm_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("32-true", "bf16-mixed")
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX-512 BF16, AMX), Arm (FEAT_BF16)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (Linux); empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return flags
+
+
+def native_bf16(accelerator: str) -> bool | None:
+    """Whether ``accelerator`` (``cpu`` or ``gpu``/``cuda``) multiplies bf16 natively;
+    None when this cannot be told (no /proc/cpuinfo, e.g. macOS)."""
+    if accelerator in ("gpu", "cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    flags = cpu_flags()
+    if not flags:
+        return None
+    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def check_precision(precision: object, accelerator: str = "cpu") -> str:
+    """Validate ``trainer.precision`` and return it; warn once when ``bf16-mixed`` would
+    run on hardware without native bf16 (slower than float32 there)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not supported: allowed values are {list(PRECISIONS)}.")
+    if precision == "bf16-mixed" and native_bf16(accelerator) is False:
+        where = "this GPU" if accelerator in ("gpu", "cuda") else f"this CPU ({platform.processor() or 'no bf16 flag'})"
+        _warn_once(
+            f"trainer.precision=bf16-mixed: {where} has no native bf16 matmul (no avx512_bf16/amx_bf16/bf16 "
+            "flag, or a GPU before Ampere), so bf16 is emulated and slower than trainer.precision=32-true."
+        )
+    return str(precision)

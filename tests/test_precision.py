@@ -1,0 +1,129 @@
+"""``trainer.precision``: validation, what runs in bf16 and what stays float32, and bf16 runs
+of every method (repeatable, and really bf16).  The bf16 meta-gradient against float64 is in
+``tests/algorithms/test_inner_loop.py``."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from metairm_pl import precision
+from metairm_pl.algorithms.base import irm_penalty, risk_function
+from metairm_pl.algorithms.inner_loop import meta_objective
+from metairm_pl.errors import ConfigError
+from metairm_pl.models.bow import BagOfWordsMLP
+from metairm_pl.models.mlp import MLP
+from metairm_pl.run import train
+
+BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
+binary_risk = risk_function(2)
+
+
+# --------------------------------------------------------------------------- the config value
+
+
+@pytest.mark.parametrize("value", ["16-mixed", "bf16-true", "64-true", "bf16", 32, None])
+def test_only_the_documented_precisions_are_accepted(value):
+    with pytest.raises(ConfigError, match=r"trainer\.precision=.*allowed values are \['32-true', 'bf16-mixed'\]"):
+        precision.check_precision(value)
+
+
+def test_bf16_without_native_support_warns_once_in_one_line(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"fpu", "avx2"})
+    precision._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="metairm_pl.precision"):
+        for _ in range(3):
+            assert precision.check_precision("bf16-mixed") == "bf16-mixed"
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage() and "trainer.precision=32-true" in record.getMessage()
+
+
+@pytest.mark.parametrize("flags", [{"avx512_bf16"}, {"amx_bf16", "avx2"}, {"bf16", "asimd"}, set()])
+def test_no_warning_with_native_bf16_or_when_it_cannot_be_told(monkeypatch, caplog, flags):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    precision._warn_once.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="metairm_pl.precision"):
+        precision.check_precision("bf16-mixed")
+        precision.check_precision("32-true")
+    assert not caplog.records
+
+
+# --------------------------------------------------------------------------- what runs in bf16
+
+
+def test_under_autocast_the_logits_are_bf16_and_every_loss_term_float32():
+    torch.manual_seed(0)
+    network = MLP(input_shape=(2, 3, 3), num_outputs=1, hidden_dim=8)
+    x, y = torch.randn(16, 2, 3, 3), torch.randint(0, 2, (16,))
+    with torch.autocast(**BF16):
+        logits = network(x)
+        risk = binary_risk(logits, y)
+        penalty = irm_penalty(logits, y, binary_risk)
+        multi = risk_function(3)(torch.randn(16, 3).to(torch.bfloat16), torch.randint(0, 3, (16,)))
+    assert logits.dtype == torch.bfloat16
+    assert risk.dtype == penalty.dtype == multi.dtype == torch.float32
+    (risk + penalty).backward()
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in network.parameters())
+
+
+def test_meta_irm_inner_updates_meta_losses_and_sigma_are_float32_under_autocast():
+    torch.manual_seed(0)
+    network = MLP(input_shape=(4,), num_outputs=1, hidden_dim=8)
+    envs = [(torch.randn(12, 4), torch.randint(0, 2, (12,)).float()) for _ in range(3)]
+    params = dict(network.named_parameters())
+    with torch.autocast(**BF16):
+        result = meta_objective(network, params, envs, binary_risk, inner_lr=0.1, inner_steps=2)
+    assert result.meta_losses.dtype == result.meta_loss_std.dtype == torch.float32
+    result.meta_loss_sum.backward()
+    assert all(p.grad.dtype == torch.float32 for p in network.parameters())
+
+
+def test_bag_of_words_model_runs_its_head_in_bf16_and_keeps_embeddings_float32():
+    embeddings = torch.randn(6, 4)
+    model = BagOfWordsMLP(input_shape=(3,), num_outputs=1, embeddings=embeddings, hidden_dim=5)
+    tokens = torch.tensor([[1, 2, 0], [3, 4, 5]])
+    with torch.autocast(**BF16):
+        logits = model(tokens)
+        risk = binary_risk(logits, torch.tensor([0, 1]))
+    assert logits.dtype == torch.bfloat16 and risk.dtype == torch.float32
+    risk.backward()
+    assert model.embeddings.dtype == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- whole runs
+
+SHORT = ["data=synthetic", "trainer.max_steps=4", "trainer.val_check_interval=2", "model.hidden_dim=16"]
+METHODS = ["erm", "irm", "vrex", "mmrex", "meta_irm", "meta_irm_first_order", "meta_irm_same_env", "meta_irm_no_std"]
+
+
+@pytest.mark.parametrize("algorithm", METHODS)
+def test_every_method_trains_in_bf16_repeatably_and_differently_from_fp32(make_config, algorithm):
+    overrides = SHORT + [f"algorithm={algorithm}"]
+    bf16 = [train(make_config(overrides + ["trainer.precision=bf16-mixed"], name=f"bf16_{i}")) for i in range(2)]
+    fp32 = train(make_config(overrides + ["trainer.precision=32-true"], name="fp32"))
+    assert bf16[0]["metrics"] == bf16[1]["metrics"]  # same seed, same records, bit for bit
+    assert bf16[0]["metrics"] != fp32["metrics"]  # the matmuls really ran in bf16
+
+
+def test_grayscale_trains_in_bf16(make_config, fake_mnist):
+    cfg = make_config(["data=cmnist", "algorithm=grayscale", "model.hidden_dim=16", "trainer.max_steps=3",
+                       "data.train_pool_size=200", "trainer.precision=bf16-mixed",
+                       "data.train_envs=[{name:p0.2,p_color:0.2,size:100},{name:p0.1,p_color:0.1,size:100}]"])  # fmt: skip
+    assert train(cfg)["step"] == 3
+
+
+def test_evaluation_is_float32_whatever_the_training_precision(make_config):
+    """The same weights evaluated inside and outside a bf16 autocast give the same numbers."""
+    from metairm_pl.run import build_algorithm, build_datamodule
+
+    cfg = make_config(SHORT + ["algorithm=irm"])
+    datamodule = build_datamodule(cfg)
+    algorithm = build_algorithm(cfg, datamodule)
+    batch = next(iter(datamodule.val_dataloader()))
+    plain = algorithm.evaluate(batch)
+    with torch.autocast(**BF16):
+        assert algorithm.evaluate(batch) == plain
+        assert algorithm(batch["test"]["p0.9"][0]).dtype == torch.bfloat16  # autocast was on
