@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metairm_pl.callbacks.checkpointing import checkpoint_step, last_checkpoint_path
+from metairm_pl.callbacks.checkpointing import checkpoint_step
+from metairm_pl.run_dir import last_checkpoint_path
 from metairm_pl.callbacks.results import ResultsWriter
 from metairm_pl.io import read_jsonl
 from metairm_pl.run import train

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import pytest
 
-from metairm_pl.callbacks.checkpointing import checkpoint_step, last_checkpoint_path
+from metairm_pl.callbacks.checkpointing import checkpoint_step
+from metairm_pl.run_dir import last_checkpoint_path
 from metairm_pl.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

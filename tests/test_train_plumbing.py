@@ -91,7 +91,7 @@ def test_a_run_directory_in_use_waits_for_its_holder_then_reuses_its_results(mak
     import multiprocessing
     import threading
 
-    from metairm_pl.run import LOCK_FILE
+    from metairm_pl.run_dir import LOCK_FILE
 
     cfg = make_config(["data=synthetic", "algorithm=erm", "trainer.max_steps=3"])
     run_dir = Path(cfg.paths.output_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import tempfile
@@ -58,9 +59,11 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read complete JSON lines; a truncated last line (killed writer) is ignored."""
+    """Read complete JSON lines; a truncated last line (killed writer) is ignored.  A path
+    ending in ``.gz`` is read through gzip (archived records)."""
     records = []
-    with open(path, encoding="utf-8") as handle:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         for line in handle:
             if not line.endswith("\n"):
                 break

@@ -14,9 +14,7 @@ Hydra app and turns :class:`~metairm_pl.errors.UserError` into one readable para
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import sys
 import traceback
@@ -29,27 +27,15 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from metairm_pl.callbacks.checkpointing import (
-    CHECKPOINT_DIR,
-    final_checkpoint_path,
-    PeriodicCheckpoint,
-    checkpoint_step,
-    last_checkpoint_path,
-    remove_checkpoints,
-    remove_stale_temporaries,
-)
-from metairm_pl.callbacks.results import RESULTS_FILE, ResultsWriter
+from metairm_pl import run_dir as layout
+from metairm_pl.callbacks.checkpointing import PeriodicCheckpoint, checkpoint_step
+from metairm_pl.callbacks.results import ResultsWriter
 from metairm_pl.errors import ConfigError, UserError
-from metairm_pl.io import atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
+from metairm_pl.io import read_jsonl
 from metairm_pl.precision import check_precision
 
 log = logging.getLogger(__name__)
 
-DONE_MARKER = "done"
-FAILED_MARKER = "failed"
-FINAL_FILE = "final.json"
-CONFIG_FILE = "config.yaml"
-FINGERPRINT_FILE = "config.sha256"
 CONFIG_ONLY_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
@@ -142,16 +128,9 @@ class ResumePoint:
     step: int
 
 
-def finished_results(run_dir: Path, overwrite: bool) -> Optional[dict]:
-    """The final results of a finished run (``done`` marker), unless ``overwrite``."""
-    if (run_dir / DONE_MARKER).exists() and (run_dir / FINAL_FILE).exists() and not overwrite:
-        return json.loads((run_dir / FINAL_FILE).read_text())
-    return None
-
-
 def find_resume_point(run_dir: Path) -> Optional[ResumePoint]:
     """The run directory's checkpoint, if there is a readable one."""
-    path = last_checkpoint_path(run_dir)
+    path = layout.last_checkpoint_path(run_dir)
     if not path.exists():
         return None
     try:
@@ -165,52 +144,14 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Optional[ResumePoint]:
     """Make an unfinished run directory ready: clear the end markers, then either return
     the checkpoint to resume from (``resume`` and one exists; results are kept) or set
     partial results aside as ``results.interrupted-<i>.jsonl`` and delete the checkpoint."""
-    for name in (DONE_MARKER, FAILED_MARKER, FINAL_FILE):
-        (run_dir / name).unlink(missing_ok=True)
-    remove_stale_temporaries(run_dir)
+    layout.clear_end_markers(run_dir)
+    layout.remove_stale_temporaries(run_dir)
     resume_point = find_resume_point(run_dir) if resume else None
     if resume_point is not None:
         return resume_point
-    remove_checkpoints(run_dir)
-    results = run_dir / RESULTS_FILE
-    if results.exists():
-        index = 0
-        while (run_dir / f"results.interrupted-{index}.jsonl").exists():
-            index += 1
-        results.rename(run_dir / f"results.interrupted-{index}.jsonl")
+    layout.remove_checkpoints(run_dir)
+    layout.set_aside_results(run_dir)
     return None
-
-
-# Keys that may differ between two launches of the same run (where and how it is shown).
-VOLATILE_KEYS = ("overwrite", "resume", "paths", "logger", "callbacks.progress_bar", "trainer.enable_progress_bar", "objective")
-
-
-def config_fingerprint(cfg: DictConfig) -> str:
-    """Hash of the resolved config without :data:`VOLATILE_KEYS`: equal for relaunches of one run."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in VOLATILE_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for key in parents:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_same_run(run_dir: Path, fingerprint: str, overwrite: bool) -> None:
-    """Refuse to reuse or resume a run directory that holds a run of another config."""
-    saved = run_dir / FINGERPRINT_FILE
-    if overwrite or not saved.exists() or saved.read_text().strip() == fingerprint:
-        return
-    raise ConfigError(
-        f"{run_dir} holds a run with a different configuration (config.yaml there differs from this "
-        "one in more than paths/logging): pass overwrite=true to replace it, or give this run its own "
-        "directory (e.g. tag=NAME or hydra.run.dir=...)."
-    )
-
-
-LOCK_FILE = ".lock"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -227,21 +168,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     def announce_wait() -> None:
         log.warning("%s is in use by another process: waiting for it to finish", run_dir)
 
-    with exclusive_lock(run_dir / LOCK_FILE, on_wait=announce_wait):
+    with layout.locked(run_dir, on_wait=announce_wait):
         return _train_in(run_dir, cfg)
 
 
 def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     overwrite = bool(cfg.get("overwrite", False))
-    fingerprint = config_fingerprint(cfg)
-    check_same_run(run_dir, fingerprint, overwrite)
-    finished = finished_results(run_dir, overwrite)
+    fingerprint = layout.config_fingerprint(cfg)
+    layout.check_same_run(run_dir, fingerprint, overwrite)
+    finished = layout.finished_results(run_dir, overwrite)
     if finished is not None:
         log.info("run already finished in %s (pass overwrite=true to redo it)", run_dir)
         return finished
     resume_point = prepare_run_dir(run_dir, resume=bool(cfg.get("resume", True)) and not overwrite)
-    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(run_dir / FINGERPRINT_FILE, fingerprint + "\n")
+    layout.write_identity(run_dir, cfg, fingerprint)
 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     if cfg.get("deterministic", True):
@@ -255,7 +195,7 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         writer = ResultsWriter(str(run_dir), run_info(cfg))
         # Last, so a checkpoint after an evaluation holds its record and the callbacks' states.
         every = cfg.get("checkpoint_every", 0)
-        checkpointer = PeriodicCheckpoint(run_dir / CHECKPOINT_DIR, 0 if every is None else every)
+        checkpointer = PeriodicCheckpoint(run_dir, 0 if every is None else every)
         loggers = build_loggers(cfg)
         callbacks = build_callbacks(cfg)
         check_callbacks_have_data(callbacks, datamodule)
@@ -281,11 +221,11 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
             datamodule=datamodule,
             ckpt_path=str(resume_point.checkpoint) if resume_point is not None else None,
         )
-        check_training_finished(trainer, algorithm)
-        trainer.save_checkpoint(final_checkpoint_path(run_dir), weights_only=True)
+        check_training_finished(trainer)
+        trainer.save_checkpoint(layout.final_checkpoint_path(run_dir), weights_only=True)
         if writer.last_step != trainer.global_step:
             trainer.validate(algorithm, datamodule=datamodule, verbose=False)
-        records = read_jsonl(run_dir / RESULTS_FILE)
+        records = read_jsonl(layout.results_path(run_dir))
         final = {
             **run_info(cfg),
             "status": "done",
@@ -293,14 +233,13 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
             "n_records": len(records),
             "summary": summarize(records[-1], datamodule.train_env_names, datamodule.test_env_names),
             "metrics": {k: v for k, v in records[-1].items() if "/" in k},
-            "stopped_early": bool(getattr(algorithm, "extra_metrics", {}).get("early_stop/stopped", False)),
+            "stopped_early": stopped_early(trainer),
         }
-        atomic_write_json(run_dir / FINAL_FILE, final)
-        atomic_write_text(run_dir / DONE_MARKER, "")
+        layout.mark_done(run_dir, final)
         status = "success"
         return final
     except BaseException as error:
-        atomic_write_text(run_dir / FAILED_MARKER, failure_text(error))
+        layout.mark_failed(run_dir, failure_text(error))
         raise
     finally:
         for logger in trainer.loggers if trainer is not None else ():
@@ -329,11 +268,17 @@ def failure_text(error: BaseException) -> str:
     return text
 
 
-def check_training_finished(trainer: pl.Trainer, algorithm) -> None:
+def stopped_early(trainer: pl.Trainer) -> bool:
+    """Whether the std-threshold stop (the callback that owns that fact) ended the run."""
+    from metairm_pl.callbacks.std_early_stopping import StdThresholdEarlyStopping
+
+    return any(c.stopped for c in trainer.callbacks if isinstance(c, StdThresholdEarlyStopping))
+
+
+def check_training_finished(trainer: pl.Trainer) -> None:
     """Raise unless ``fit`` ran to ``max_steps`` or stopped early by design (never mark an
     interrupted run ``done``)."""
-    stopped_early = bool(getattr(algorithm, "extra_metrics", {}).get("early_stop/stopped", False))
-    if trainer.interrupted or not (stopped_early or trainer.global_step >= trainer.max_steps):
+    if trainer.interrupted or not (stopped_early(trainer) or trainer.global_step >= trainer.max_steps):
         raise RuntimeError(
             f"training ended at step {trainer.global_step} of {trainer.max_steps} without an early stop "
             "(interrupted?): the run is not marked done; relaunch the same command to resume it."

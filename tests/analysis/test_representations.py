@@ -20,7 +20,7 @@ from metairm_pl.analysis.representations import (
     CheckpointStepWarning,
     capture_activations,
     layer_names,
-    load_run,
+    rebuild_run,
     representation_similarity,
     resolve_layer,
 )
@@ -44,11 +44,11 @@ def load(run_dir, **kwargs):
     """Load a finished 12-step run: from checkpoints/final.ckpt when the run wrote it (no
     warning), else from the periodic checkpoint of step 10 (with a warning)."""
     if (Path(run_dir) / "checkpoints" / "final.ckpt").exists():
-        run = load_run(run_dir, **kwargs)
+        run = rebuild_run(run_dir, **kwargs)
         assert run.checkpoint.name == "final.ckpt" and run.checkpoint_step == run.final_step == 12
         return run
     with pytest.warns(CheckpointStepWarning, match="step 10.*final step is 12"):
-        return load_run(run_dir, **kwargs)
+        return rebuild_run(run_dir, **kwargs)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -137,18 +137,18 @@ def test_missing_checkpoint_and_preferred_final_checkpoint(make_config, meta_irm
     no_checkpoint = trained(make_config, ["data=synthetic", "algorithm=erm", "checkpoint_every=0"], name="none")
     (no_checkpoint / "checkpoints" / "final.ckpt").unlink()  # no periodic one either
     with pytest.raises(ConfigError, match="no checkpoint.*checkpoint_every=0"):
-        load_run(no_checkpoint)
+        rebuild_run(no_checkpoint)
 
     state = torch.load(meta_irm_run / "checkpoints" / "last.ckpt", weights_only=True)
     state["global_step"] = 12  # stands in for weights saved at the end of the run
     torch.save(state, meta_irm_run / "checkpoints" / "final.ckpt")
     with warnings.catch_warnings():
         warnings.simplefilter("error", CheckpointStepWarning)
-        run = load_run(meta_irm_run)
+        run = rebuild_run(meta_irm_run)
     assert run.checkpoint.name == "final.ckpt" and run.checkpoint_is_final
     (meta_irm_run / "final.json").unlink()  # unfinished: a final.ckpt may be stale, the last one is used
     with pytest.warns(CheckpointStepWarning, match="step 10.*final step is 12 \\(unfinished run\\)"):
-        assert load_run(meta_irm_run).checkpoint.name == "last.ckpt"
+        assert rebuild_run(meta_irm_run).checkpoint.name == "last.ckpt"
 
 
 # --------------------------------------------------------------------------- Fig. 9

@@ -22,17 +22,42 @@ def line(**record) -> str:
     return json.dumps(record) + "\n"
 
 
-def test_file_names_agree_with_the_writer():
-    """records.py copies the names (importing run.py would import Lightning): keep them equal."""
-    constants = {}
-    for source in (SRC / "run.py", SRC / "callbacks" / "results.py"):
-        for node in ast.parse(source.read_text()).body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                constants[node.targets[0].id] = node.value.value
-    assert constants["RESULTS_FILE"] == records_module.RESULTS_FILE
-    assert constants["DONE_MARKER"] == records_module.DONE_MARKER
-    assert constants["FAILED_MARKER"] == records_module.FAILED_MARKER
-    assert constants["CONFIG_FILE"] == records_module.CONFIG_FILE
+def test_the_run_directory_layout_has_one_owner():
+    """Only metairm_pl/run_dir.py spells the run directory's file names; everyone imports them."""
+    from metairm_pl import run_dir
+
+    names = {run_dir.RESULTS_FILE, run_dir.CONFIG_FILE, run_dir.FINAL_FILE, run_dir.FINGERPRINT_FILE,
+             run_dir.DONE_MARKER, run_dir.FAILED_MARKER, run_dir.LOCK_FILE, run_dir.LAST_CHECKPOINT,
+             run_dir.FINAL_CHECKPOINT, run_dir.CHECKPOINT_DIR}  # fmt: skip
+    owners = set()
+    for source in SRC.rglob("*.py"):
+        for node in ast.parse(source.read_text()).body:  # module-level constants
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in names:
+                owners.add(source.relative_to(SRC).as_posix())
+    assert owners == {"run_dir.py"}
+
+
+def test_reading_records_imports_neither_torch_nor_lightning():
+    import subprocess
+    import sys
+
+    code = "import sys, metairm_pl.reporting.records, metairm_pl.run_dir; print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_archived_records_are_read_like_plain_ones(tmp_path):
+    import gzip
+
+    plain, archived = tmp_path / "plain", tmp_path / "archived"
+    text = line(step=1, algorithm="irm", data="d", seed=0) + line(step=2, algorithm="irm", data="d", seed=0)
+    write(plain / "results.jsonl", text)
+    write(plain / "done", "")
+    archived.mkdir()
+    (archived / "results.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    write(archived / "done", "")
+    assert find_run_dirs([archived]) == [archived.resolve()]
+    assert load_run(archived).records == load_run(plain).records and load_run(archived).status is RunStatus.DONE
 
 
 def test_finds_run_dirs_at_any_depth_skipping_hidden_dirs(tmp_path):

@@ -69,7 +69,7 @@ from metairm_pl.analysis.representations import (
     LoadedRun,
     add_common_arguments,
     capture_activations,
-    find_run_dirs,
+    find_trained_run_dirs,
     load_runs_for_figure,
     read_run_config,
     resolve_layer,
@@ -286,7 +286,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rows = []
-        for run_dir in find_run_dirs(args.runs):
+        for run_dir in find_trained_run_dirs(args.runs):
             overrides = list(args.override)
             if not args.no_control:
                 overrides += control_override(run_dir, args.reference, overrides)

@@ -51,7 +51,7 @@ from metairm_pl.analysis.representations import (
     LoadedRun,
     add_common_arguments,
     capture_activations,
-    find_run_dirs,
+    find_trained_run_dirs,
     layer_names,
     load_runs_for_figure,
     run_fields,
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        runs = load_runs_for_figure(find_run_dirs(args.runs), data_dir=args.data_dir, overrides=args.override)
+        runs = load_runs_for_figure(find_trained_run_dirs(args.runs), data_dir=args.data_dir, overrides=args.override)
         rows = []
         for run in runs:
             rows += fig9_rows(run, args.eval_data, args.epsilon, args.symmetric, args.inner_lr, args.inner_steps)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 from metairm_pl.callbacks.std_early_stopping import population_std
 from metairm_pl.errors import ConfigError
 from metairm_pl.io import read_jsonl
+from metairm_pl.run_dir import RESULTS_FILE, results_path
 from metairm_pl.search_objective import OBJECTIVES, search_objective
 
 STD_KEY = "early_stop/val_loss_std"
@@ -70,10 +71,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="leave out evaluations after this step")
     parser.add_argument("--objective", default="std_stopped_val_acc", choices=sorted(OBJECTIVES))
     args = parser.parse_args(argv)
-    results = args.run_dir / "results.jsonl"
+    results = results_path(args.run_dir)
     try:
         if not results.is_file():
-            raise ConfigError(f"{results} does not exist: pass a run directory (it holds results.jsonl).")
+            raise ConfigError(f"{results} does not exist: pass a run directory (it holds {RESULTS_FILE}).")
         if any(t <= 0 for t in args.threshold) or any(m < 0 for m in args.min_steps):
             raise ConfigError(f"need thresholds > 0 and min_steps >= 0, got {args.threshold} and {args.min_steps}.")
         records = read_jsonl(results)

@@ -4,7 +4,7 @@ activations (with θ or with an adapted parameter dict θ'), compare them with P
 Used by the appendix figures of the Meta-IRM paper (:mod:`metairm_pl.analysis.fig9`,
 :mod:`metairm_pl.analysis.fig10`); usable from a notebook::
 
-    run = load_run("outputs/runs/cmnist/meta_irm/default/seed=0")
+    run = rebuild_run("outputs/runs/cmnist/meta_irm/default/seed=0")
     x, _ = run.env_data("test", "p0.9")
     acts = capture_activations(run.network, x)          # {"hidden1": (390, 10000), ..., "output": (1, 10000)}
     representation_similarity(acts["hidden2"], other["hidden2"])
@@ -50,13 +50,16 @@ from torch.func import functional_call
 
 from metairm_pl.analysis.pwcca import pwcca_similarity
 from metairm_pl.errors import ConfigError
+from metairm_pl.run_dir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    FINAL_FILE,
+    LAST_CHECKPOINT,
+    final_checkpoint_path,
+    last_checkpoint_path,
+    results_path,
+)
 
-CONFIG_FILE = "config.yaml"
-FINAL_FILE = "final.json"
-RESULTS_FILE = "results.jsonl"
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-FINAL_CHECKPOINT = "final.ckpt"  # written by run.py when training ends; preferred when present
 NETWORK_PREFIX = "network."
 
 OUTPUT_LAYER = "output"
@@ -139,10 +142,10 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     ``checkpoints/last.ckpt`` (which may not exist). A ``final.ckpt`` next to no
     ``final.json`` is ignored: it could be left over from an earlier attempt of the run."""
     run_dir = Path(run_dir)
-    final = run_dir / CHECKPOINT_DIR / FINAL_CHECKPOINT
+    final = final_checkpoint_path(run_dir)
     if final.is_file() and (run_dir / FINAL_FILE).is_file():
         return final
-    return run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    return last_checkpoint_path(run_dir)
 
 
 def final_step_of(run_dir: str | Path) -> tuple[Optional[int], bool]:
@@ -151,7 +154,7 @@ def final_step_of(run_dir: str | Path) -> tuple[Optional[int], bool]:
     final = run_dir / FINAL_FILE
     if final.is_file():
         return int(json.loads(final.read_text())["step"]), True
-    results = run_dir / RESULTS_FILE
+    results = results_path(run_dir)
     if results.is_file():
         from metairm_pl.io import read_jsonl
 
@@ -172,7 +175,7 @@ def read_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictC
     return config
 
 
-def load_run(
+def rebuild_run(
     run_dir: str | Path,
     checkpoint: Optional[str | Path] = None,
     data_dir: Optional[str] = None,
@@ -373,7 +376,7 @@ def run_label(run: LoadedRun) -> str:
     return f"{label} [{run.tag}]" if run.tag else label
 
 
-def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
+def find_trained_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Each path that holds ``config.yaml`` is a run dir; any other folder is searched at any
     depth for run dirs with a checkpoint (``checkpoints/*.ckpt``), in sorted order."""
     found: list[Path] = []
@@ -464,7 +467,7 @@ RUN_FIELDS = ("run", "algorithm", "tag", "seed", "checkpoint_step", "final_step"
 def load_runs_for_figure(
     run_dirs: Sequence[str | Path], data_dir: Optional[str] = None, overrides: Sequence[str] = (), stream=None
 ) -> list[LoadedRun]:
-    """:func:`load_run` for each dir; checkpoint-step warnings printed as ``warning: ...`` lines."""
+    """:func:`rebuild_run` for each dir; checkpoint-step warnings printed as ``warning: ...`` lines."""
     import sys
 
     stream = stream if stream is not None else sys.stderr
@@ -472,7 +475,7 @@ def load_runs_for_figure(
     for run_dir in run_dirs:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", CheckpointStepWarning)
-            runs.append(load_run(run_dir, data_dir=data_dir, overrides=overrides))
+            runs.append(rebuild_run(run_dir, data_dir=data_dir, overrides=overrides))
         for warning in caught:
             if issubclass(warning.category, CheckpointStepWarning):
                 print(f"warning: {warning.message}", file=stream)
@@ -535,10 +538,10 @@ __all__ = [
     "capture_activations",
     "checkpoint_path",
     "final_step_of",
-    "find_run_dirs",
+    "find_trained_run_dirs",
     "hidden_modules",
     "layer_names",
-    "load_run",
+    "rebuild_run",
     "load_runs_for_figure",
     "mean_std",
     "read_run_config",

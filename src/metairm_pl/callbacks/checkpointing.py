@@ -39,41 +39,15 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 
 from metairm_pl.errors import ConfigError
+from metairm_pl.run_dir import checkpoint_temporary_path, last_checkpoint_path
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-TEMP_SUFFIX = ".tmp"
-
-
-def last_checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    """Where a run directory keeps its latest checkpoint."""
-    return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The global step a checkpoint was saved at (reads the whole file, on the CPU)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return int(checkpoint["global_step"])
-
-
-def remove_stale_temporaries(run_dir: str | os.PathLike) -> None:
-    """Delete the temporary files a save killed midway left in the run's checkpoint folder."""
-    for stale in (Path(run_dir) / CHECKPOINT_DIR).glob(f".{LAST_CHECKPOINT}.*{TEMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
-
-
-def final_checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    """Weights of the model the final evaluation used (written when training ends)."""
-    return Path(run_dir) / CHECKPOINT_DIR / "final.ckpt"
-
-
-def remove_checkpoints(run_dir: str | os.PathLike) -> None:
-    """Delete the run's checkpoints (periodic and final) and any temporary file left behind."""
-    last_checkpoint_path(run_dir).unlink(missing_ok=True)
-    final_checkpoint_path(run_dir).unlink(missing_ok=True)
-    remove_stale_temporaries(run_dir)
 
 
 def _fsync(path: Path) -> None:
@@ -96,25 +70,25 @@ def validation_runs_after_this_batch(trainer: pl.Trainer) -> bool:
 
 
 class PeriodicCheckpoint(pl.Callback):
-    """Save ``<dirpath>/last.ckpt`` every ``every_n_steps`` steps (0: never), atomically.
+    """Save the run directory's ``checkpoints/last.ckpt`` every ``every_n_steps`` steps (0: never), atomically.
 
     Attach it after the results writer and the other callbacks, so a checkpoint taken
     after an evaluation includes that evaluation's record and callback states.
     """
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int) -> None:
+    def __init__(self, run_dir: str | os.PathLike, every_n_steps: int) -> None:
         if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
             raise ConfigError(
                 f"checkpoint_every={every_n_steps!r} is not allowed: use an integer >= 0 (0 disables checkpoints)."
             )
-        self.dirpath = Path(dirpath)
+        self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps
         self.last_saved_step: Optional[int] = None
         self._save_after_validation_at: Optional[int] = None
 
     @property
     def path(self) -> Path:
-        return self.dirpath / LAST_CHECKPOINT
+        return last_checkpoint_path(self.run_dir)
 
     def _due(self, step: int) -> bool:
         return self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
@@ -140,15 +114,15 @@ class PeriodicCheckpoint(pl.Callback):
         step = int(trainer.global_step)
         if trainer.should_stop or 0 < trainer.max_steps <= step:
             return
-        temporary = self.dirpath / f".{LAST_CHECKPOINT}.{os.getpid()}{TEMP_SUFFIX}"
+        temporary = checkpoint_temporary_path(self.run_dir, os.getpid())
         if trainer.is_global_zero:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             trainer.save_checkpoint(temporary, weights_only=False)
             if trainer.is_global_zero:
                 _fsync(temporary)
                 os.replace(temporary, self.path)
-                _fsync(self.dirpath)
+                _fsync(self.path.parent)
         finally:
             if trainer.is_global_zero:
                 temporary.unlink(missing_ok=True)

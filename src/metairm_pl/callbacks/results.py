@@ -9,8 +9,7 @@ from typing import Any, Mapping
 import pytorch_lightning as pl
 
 from metairm_pl.io import append_jsonl, atomic_write_text
-
-RESULTS_FILE = "results.jsonl"
+from metairm_pl.run_dir import RESULTS_FILE
 
 
 class ResultsWriter(pl.Callback):
@@ -18,8 +17,9 @@ class ResultsWriter(pl.Callback):
 
     ``run_info`` carries what identifies the run (algorithm, data, seed, data_seed, ...).
     Each line is appended and fsynced on its own, so a killed run keeps every record it
-    finished.  Metrics come from the module's ``eval_metrics`` plus ``extra_metrics`` that
-    other callbacks put on the module (e.g. the early-stopping std).  A run resumed from a
+    finished.  Metrics come from the module's ``eval_metrics`` plus the ``record_fields()``
+    of every callback that has them (e.g. the early stop's std); attach this writer after
+    those callbacks, so their fields are those of the current evaluation.  A run resumed from a
     checkpoint first drops the records written after it (:meth:`keep_until`).
     """
 
@@ -52,6 +52,8 @@ class ResultsWriter(pl.Callback):
             return
         record = {"step": int(trainer.global_step), **self.run_info}
         record.update(pl_module.eval_metrics)
-        record.update(getattr(pl_module, "extra_metrics", {}))
+        for callback in trainer.callbacks:
+            if callback is not self and hasattr(callback, "record_fields"):
+                record.update(callback.record_fields())
         append_jsonl(self.path, record)
         self.last_step = record["step"]

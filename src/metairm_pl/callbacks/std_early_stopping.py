@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
@@ -9,6 +10,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
 from metairm_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def population_std(values: list[float]) -> float:
@@ -22,8 +25,10 @@ class StdThresholdEarlyStopping(pl.Callback):
     ``std_threshold`` once at least ``min_steps`` steps are done.  The model kept is the one
     of that evaluation (training stops right after it; ``max_steps`` still bounds the run).
 
-    The std, whether the run stopped, and the stop step go into the module's
-    ``extra_metrics`` and so into every record (``early_stop/val_loss_std``, ...).
+    This callback owns whether and where the run stopped (:attr:`stop_step`).  The std,
+    whether the run stopped, and the stop step go into every record through
+    :meth:`record_fields` (``early_stop/val_loss_std``, ``early_stop/stopped``,
+    ``early_stop/stop_step``), which the results writer asks every callback for.
     """
 
     def __init__(self, std_threshold: float, min_steps: int = 0, split: str = "val") -> None:
@@ -36,6 +41,20 @@ class StdThresholdEarlyStopping(pl.Callback):
         self.split = split
         self.stop_step: Optional[int] = None
         self.std_history: list[tuple[int, float]] = []
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_step is not None
+
+    def record_fields(self) -> dict[str, object]:
+        """What this callback adds to the record of the latest evaluation."""
+        if not self.std_history:
+            return {}
+        return {
+            "early_stop/val_loss_std": self.std_history[-1][1],
+            "early_stop/stopped": self.stopped,
+            "early_stop/stop_step": self.stop_step,
+        }
 
     def losses(self, eval_metrics: dict[str, float]) -> list[float]:
         prefix = f"{self.split}/"
@@ -56,15 +75,9 @@ class StdThresholdEarlyStopping(pl.Callback):
         if self.stop_step is None and step >= self.min_steps and std < self.std_threshold and self._fitting(trainer):
             self.stop_step = step
             trainer.should_stop = True
-        extra = getattr(pl_module, "extra_metrics", {})
-        extra.update(
-            {
-                "early_stop/val_loss_std": std,
-                "early_stop/stopped": self.stop_step is not None,
-                "early_stop/stop_step": self.stop_step,
-            }
-        )
-        pl_module.extra_metrics = extra
+            log.info(
+                "stopped at step %d: std of the training envs' validation losses %.4g < %g", step, std, self.std_threshold
+            )
 
     @staticmethod
     def _fitting(trainer: pl.Trainer) -> bool:

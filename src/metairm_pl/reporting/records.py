@@ -1,6 +1,6 @@
 """Find run directories and load their records, identity and status.
 
-A run directory (see :mod:`metairm_pl.run`) holds ``results.jsonl`` (one record per
+A run directory (see :mod:`metairm_pl.run_dir`; an archived copy under ``results/`` too) holds ``results.jsonl`` (one record per
 evaluation), ``config.yaml`` (the resolved config), and, once it ends, a ``done`` or a
 ``failed`` marker (the latter holds the error message).  Neither marker: the run is still
 running or was killed.
@@ -21,13 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import yaml
 
 from metairm_pl.io import read_jsonl
-
-# The file names written by metairm_pl.run / metairm_pl.callbacks.results.  Not imported
-# from there: those modules import Lightning, which takes seconds (a test checks they agree).
-RESULTS_FILE = "results.jsonl"
-CONFIG_FILE = "config.yaml"
-DONE_MARKER = "done"
-FAILED_MARKER = "failed"
+from metairm_pl.run_dir import CONFIG_FILE, DONE_MARKER, FAILED_MARKER, RESULTS_FILE, results_path
 
 SPLITS = ("train", "val", "test")
 UNKNOWN = "unknown"
@@ -109,7 +103,7 @@ def natural_key(name: str) -> tuple:
 
 def is_run_dir(path: Path) -> bool:
     """A dir with ``results.jsonl``, or a failed run that ended before its first evaluation."""
-    return (path / RESULTS_FILE).is_file() or ((path / FAILED_MARKER).is_file() and (path / CONFIG_FILE).is_file())
+    return results_path(path).is_file() or ((path / FAILED_MARKER).is_file() and (path / CONFIG_FILE).is_file())
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
@@ -158,11 +152,12 @@ def load_run(path: str | os.PathLike) -> Run:
     path = Path(path)
     records: Sequence[dict] = ()
     read_error = ""
-    if (path / RESULTS_FILE).is_file():
+    results = results_path(path)
+    if results.is_file():
         try:
-            records = [r for r in read_jsonl(path / RESULTS_FILE) if isinstance(r, dict)]
-        except (OSError, ValueError) as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-            read_error = f"{path / RESULTS_FILE}: {type(error).__name__}: {error}"
+            records = [r for r in read_jsonl(results) if isinstance(r, dict)]
+        except (OSError, ValueError, EOFError) as error:  # JSON, Unicode and gzip errors are ValueErrors/EOFError
+            read_error = f"{results}: {type(error).__name__}: {error}"
     config = _read_config(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
     status = run_status(path)
     first = records[0] if records else {}
