@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import math
 import statistics
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from metairm_pl.reporting import RunStatus, get_selection, load_runs
 from metairm_pl.reporting.records import metric_envs
+from metairm_pl.run_dir import csv_log_path
 
 FP32, BF16 = "32-true", "bf16-mixed"
 PARITY_POINTS = 1.0
@@ -99,12 +101,13 @@ def parity_tables(kept: dict, env: str) -> tuple[list[str], list[str]]:
 
 
 def penalty_curve(run_dir: Path) -> dict[int, float]:
-    """``step/penalty`` by step from the run's CSV log (Lightning's global step + 1)."""
-    path = run_dir / "csv" / "metrics.csv"
+    """``step/penalty`` by step from the run's CSV log, plain or archived (Lightning's global step + 1)."""
+    path = csv_log_path(run_dir)
     curve: dict[int, float] = {}
     if not path.is_file():
         return curve
-    with open(path, newline="") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="") as handle:
         for row in csv.DictReader(handle):
             if row.get("step/penalty"):
                 curve[int(row["step"]) + 1] = float(row["step/penalty"])
