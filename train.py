@@ -7,6 +7,7 @@ line and the other jobs still run (:mod:`metairm_pl.sweep`).
 
 import logging
 import sys
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -14,12 +15,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
+from metairm_pl.console import quiet_third_party
+from metairm_pl.errors import describe_failure, user_error_in
 from metairm_pl.resolvers import register_resolvers, remember_launch_dir
-from metairm_pl.run import describe_failure, summary_lines, train, user_error_in
+from metairm_pl.run import train
 from metairm_pl.search_objective import search_objective
-from metairm_pl.sweep import fail_job, in_multirun
+from metairm_pl.sweep import fail_job, in_multirun, job_label
 
 register_resolvers()
+quiet_third_party()
 remember_launch_dir()  # before Hydra: every job of a sweep resolves paths against it
 
 
@@ -30,6 +34,13 @@ def quiet_under_sweeps(cfg: DictConfig) -> None:
     if hydra_cfg.mode == RunMode.MULTIRUN and not overridden:
         with open_dict(cfg):
             cfg.trainer.enable_progress_bar = False
+
+
+def summary_lines(final: dict[str, Any]) -> list[str]:
+    """Human-readable lines for the end of a run."""
+    lines = [f"{final['algorithm']} on {final['data']} (seed {final['seed']}), step {final['step']}:"]
+    lines += [f"  {key}: {value:.4f}" for key, value in final["summary"].items()]
+    return lines
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -48,8 +59,12 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
-    for line in summary_lines(final):
-        logging.getLogger("train").info(line)
+    log = logging.getLogger("train")
+    if in_multirun():  # one line per finished job
+        log.info("job %s done: %s", job_label(), " ".join(line.strip() for line in summary_lines(final)))
+    else:
+        for line in summary_lines(final):
+            log.info(line)
     return objective
 
 

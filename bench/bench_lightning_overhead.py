@@ -66,7 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="model init seed (both paths)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument(
-        "--deterministic", action=argparse.BooleanOptionalAction, default=True,
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="torch deterministic algorithms for both paths (the project's default: on)",
     )
     p.add_argument("--out", default=None, help="write a JSON result here")
@@ -178,12 +180,17 @@ def main(argv=None) -> int:
     if conf is not None:
         a = conf.get("algorithm", {})
         expected = {
-            "lr": a.get("optimizer", {}).get("lr"), "l2": a.get("l2_weight"),
-            "penalty_weight": a.get("penalty", {}).get("weight"), "anneal": a.get("penalty", {}).get("anneal_steps"),
+            "lr": a.get("optimizer", {}).get("lr"),
+            "l2": a.get("l2_weight"),
+            "penalty_weight": a.get("penalty", {}).get("weight"),
+            "anneal": a.get("penalty", {}).get("anneal_steps"),
             "hidden": conf.get("model", {}).get("hidden_dim"),
         }
         differ = {k: v for k, v in expected.items() if v != getattr(args, k)}
-        print("conf/algorithm/irm.yaml cross-check: " + ("same values" if not differ else f"differs from conf in {differ}"))
+        print(
+            "conf/algorithm/irm.yaml cross-check: "
+            + ("same values" if not differ else f"differs from conf in {differ}")
+        )
 
     paths = {"plain": run_plain, "ours": run_ours}
     if args.warmup_steps >= 2:
@@ -207,8 +214,13 @@ def main(argv=None) -> int:
     paired = bc.median([o / p for o, p in zip(per_step["ours"], per_step["plain"])])
 
     rows = [
-        [name, f"{medians[name]:.6f}", f"{min(per_step[name]):.6f}", f"{max(per_step[name]):.6f}",
-         f"{bc.median([r['fit_seconds'] for r in runs[name]]):.3f}"]
+        [
+            name,
+            f"{medians[name]:.6f}",
+            f"{min(per_step[name]):.6f}",
+            f"{max(per_step[name]):.6f}",
+            f"{bc.median([r['fit_seconds'] for r in runs[name]]):.3f}",
+        ]
         for name in ("plain", "ours")
     ]
     print()
@@ -224,9 +236,13 @@ def main(argv=None) -> int:
         f"bitwise identical: {'yes' if all(c['bitwise'] for c in checks) else 'no'}; "
         f"max |dparam| = {worst['max_abs_param_diff']:.3e}, max |dloss| = {worst['max_abs_loss_diff']:.3e}"
     )
-    print(f"penalty anneal reached (steps > anneal), so the rescaled branch was compared too: {'yes' if args.steps > args.anneal else 'no'}")
+    print(
+        f"penalty anneal reached (steps > anneal), so the rescaled branch was compared too: {'yes' if args.steps > args.anneal else 'no'}"
+    )
     cache = [r["device_cache_entries"] for r in runs["ours"]]
-    print(f"datamodule device-copy cache entries after an ours run: {cache[0]} (1 expected if the full batch is reused)")
+    print(
+        f"datamodule device-copy cache entries after an ours run: {cache[0]} (1 expected if the full batch is reused)"
+    )
 
     payload = {
         "benchmark": "lightning_overhead_irmv1",

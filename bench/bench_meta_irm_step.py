@@ -61,7 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="model init seed (all methods)")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument(
-        "--deterministic", action=argparse.BooleanOptionalAction, default=True,
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="torch deterministic algorithms (the project's default: on)",
     )
     p.add_argument("--out", default=None, help="write a JSON result here")
@@ -136,12 +138,18 @@ def main(argv=None) -> int:
         target = TARGETS.get(m)
         ratio = ratios.get(m)
         verdict = "" if target is None else ("PASS" if ratio <= target else "FAIL")
-        rows.append([
-            m, f"{medians[m]:.6f}", f"{min(per_step[m]):.6f}", f"{max(per_step[m]):.6f}",
-            "1.000" if m == "erm" else f"{ratio:.3f}",
-            "-" if target is None else f"<= {target}", verdict,
-            f"{runs[m][-1]['final_loss']:.5f}",
-        ])
+        rows.append(
+            [
+                m,
+                f"{medians[m]:.6f}",
+                f"{min(per_step[m]):.6f}",
+                f"{max(per_step[m]):.6f}",
+                "1.000" if m == "erm" else f"{ratio:.3f}",
+                "-" if target is None else f"<= {target}",
+                verdict,
+                f"{runs[m][-1]['final_loss']:.5f}",
+            ]
+        )
     print()
     bc.print_table(
         ["method", "median s/step", "min s/step", "max s/step", "ratio to ERM", "target", "", "final loss (last run)"],
@@ -158,7 +166,10 @@ def main(argv=None) -> int:
         "hyperparameters": {
             "erm": {"lr": ERM_LR, "l2": ERM_L2},
             "meta_irm": {
-                "lr": META_LR, "l2": META_L2, "penalty_weight": META_PENALTY_WEIGHT, "dropgrad": args.dropgrad,
+                "lr": META_LR,
+                "l2": META_L2,
+                "penalty_weight": META_PENALTY_WEIGHT,
+                "dropgrad": args.dropgrad,
             },
         },
         "seconds_per_step": per_step,

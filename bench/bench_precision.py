@@ -65,13 +65,17 @@ def build_module(case: str, seed: int):
 
     if case.startswith("meta_irm"):
         hidden = int(case.rsplit("_", 1)[1])
-        options = argparse.Namespace(seed=seed, hidden=hidden, inner_lr=0.1, inner_steps=1, dropgrad=meta_bench.META_DROPGRAD)
+        options = argparse.Namespace(
+            seed=seed, hidden=hidden, inner_lr=0.1, inner_steps=1, dropgrad=meta_bench.META_DROPGRAD
+        )
         return meta_bench.build_module("meta_irm_2nd", options)
     torch.manual_seed(seed)
     network = MLP(bc.CMNIST_INPUT_SHAPE, num_outputs=1, hidden_dim=390)
     if case == "erm":
         return ERM(network, functools.partial(torch.optim.Adam, lr=meta_bench.ERM_LR), l2_weight=meta_bench.ERM_L2)
-    schedule = PenaltySchedule(weight=IRM["penalty_weight"], anneal_steps=IRM["anneal"], warmup_weight=1.0, rescale=True)
+    schedule = PenaltySchedule(
+        weight=IRM["penalty_weight"], anneal_steps=IRM["anneal"], warmup_weight=1.0, rescale=True
+    )
     return IRMv1(network, functools.partial(torch.optim.Adam, lr=IRM["lr"]), l2_weight=IRM["l2"], penalty=schedule)
 
 

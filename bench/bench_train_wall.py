@@ -70,7 +70,10 @@ def main(argv=None) -> int:
                 runs.append(run_once(precision, args.overrides, args.data_dir, workdir))
                 last = runs[-1]
                 accuracies = ", ".join(f"{k} {v:.4f}" for k, v in last["summary"].items())
-                print(f"pair {pair} {precision:10s} {last['wall_s']:7.1f} s  step {last['step']}  {accuracies}", flush=True)
+                print(
+                    f"pair {pair} {precision:10s} {last['wall_s']:7.1f} s  step {last['step']}  {accuracies}",
+                    flush=True,
+                )
     medians = {p: statistics.median(r["wall_s"] for r in runs if r["precision"] == p) for p in PRECISIONS}
     ratio = medians["bf16-mixed"] / medians["32-true"]
     print(f"\nmedian wall: fp32 {medians['32-true']:.1f} s, bf16 {medians['bf16-mixed']:.1f} s; "

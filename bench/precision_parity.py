@@ -80,7 +80,10 @@ def parity_tables(kept: dict, env: str) -> tuple[list[str], list[str]]:
         if precision == FP32 and (data, algorithm, seed, BF16) in kept:
             pairs[data, algorithm].append((seed, record, kept[data, algorithm, seed, BF16]))
     per_seed = [
-        "| data | algorithm | seed | fp32: step, train, test " + env + " | bf16: step, train, test " + env
+        "| data | algorithm | seed | fp32: step, train, test "
+        + env
+        + " | bf16: step, train, test "
+        + env
         + " | bf16 − fp32 |",
         "| --- | --- | ---: | --- | --- | ---: |",
     ]

@@ -10,8 +10,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from metairm_pl.errors import ConfigError
-from metairm_pl.run import train, user_error_in
+from metairm_pl.errors import ConfigError, user_error_in
+from metairm_pl.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["data=synthetic", "trainer.max_steps=2", "trainer.val_check_interval=2"]
@@ -76,9 +76,18 @@ def test_missing_mnist_without_a_way_to_fetch_it(make_config):
 
 def test_cli_reports_one_paragraph_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *SHORT, "data.val_fraction=2", "logger=none",
-         "trainer.enable_progress_bar=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *SHORT,
+            "data.val_fraction=2",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -92,7 +101,10 @@ def test_cli_reports_one_paragraph_without_traceback(tmp_path):
 def test_cli_unknown_option_lists_valid_ones(tmp_path, group, valid):
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), f"{group}=nope"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "nope" in result.stderr and all(option in result.stderr for option in valid)
@@ -104,9 +116,10 @@ def test_negative_learning_rate(make_config):
 
 
 def test_divergence_stops_the_run_names_step_and_term_and_keeps_records(make_config, monkeypatch):
-    from metairm_pl.algorithms.base import DivergenceError, Objective
+    from metairm_pl.algorithms.base import Objective
     from metairm_pl.algorithms.erm import ERM
-    from metairm_pl.io import read_jsonl
+    from metairm_pl.errors import DivergenceError
+    from metairm_pl.files import read_jsonl
     from metairm_pl.reporting.records import load_run
 
     healthy = ERM.objective
@@ -127,6 +140,42 @@ def test_divergence_stops_the_run_names_step_and_term_and_keeps_records(make_con
     assert load_run(run_dir).status == "failed"
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        "algorithm.penalty.weight=nan",
+        "algorithm.optimizer.lr=inf",
+        "algorithm.l2_weight=-inf",
+        "model.hidden_dim=16 data.train_envs.0.p_color=nan",
+        "algorithm=meta_irm algorithm.inner_lr=nan",
+        "algorithm=meta_irm callbacks.std_early_stopping.std_threshold=inf",
+    ],  # fmt: skip
+)
+def test_a_non_finite_number_anywhere_is_named(make_config, override):
+    message = failure_of(make_config, SHORT + override.split())
+    assert f"{override.split()[-1]}: not a finite number" in message
+
+
+@pytest.mark.parametrize("override", ["trainer.max_steps=0", "trainer.max_steps=-1", "trainer.val_check_interval=0",
+                                      "trainer.log_every_n_steps=0", "trainer.max_steps=2.5"])  # fmt: skip
+def test_a_step_budget_must_be_a_positive_integer(make_config, override):
+    message = failure_of(make_config, ["data=synthetic", override])
+    assert override.replace("2.5", "2.5") in message and "integer >= 1" in message
+
+
+def test_cli_reports_divergence_as_one_paragraph(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "data=synthetic", "algorithm=irm", "algorithm.penalty.anneal_steps=0",
+         "algorithm.penalty.rescale=false", "algorithm.optimizer.lr=1e30", "trainer.max_steps=20", "logger=none",
+         "trainer.enable_progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "irm diverged" in result.stderr and "not finite at step" in result.stderr
+    (failed,) = tmp_path.glob("outputs/runs/*/*/*/seed=0/failed")
+    assert failed.read_text().startswith("irm diverged")
+
+
 def test_run_dir_of_another_config_is_not_reused(make_config):
     first = make_config(SHORT + ["algorithm=erm"], name="shared")
     train(first)
@@ -138,7 +187,9 @@ def test_run_dir_of_another_config_is_not_reused(make_config):
 
 
 def test_split_validation_may_not_take_the_whole_env(make_config):
-    message = failure_of(make_config, ["data=cmnist", "data.val_source=split", "data.val_pairing=independent", "data.val_fraction=1.0"])
+    message = failure_of(
+        make_config, ["data=cmnist", "data.val_source=split", "data.val_pairing=independent", "data.val_fraction=1.0"]
+    )
     assert "val_fraction=1.0" in message and "empty" in message
 
 

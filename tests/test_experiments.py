@@ -32,7 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import metairm_pl.config_schema  # noqa: F401  (registers schemas)
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.resolvers import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -61,26 +61,62 @@ class Spec:
 
 
 SPECS = {
-    "table1": Spec(["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale"], {"cmnist": "cmnist"}, P_ENVS, tag="table1"),
-    "table2": Spec(["erm", "irm", "meta_irm", "grayscale"], {"cmnist5": "cmnist5", "cmnist10": "cmnist10"}, ["p0.9"],
-                   tag="table2"),
-    "table3": Spec(["irm", "vrex", "meta_irm"], {"cmnist": "cmnist"}, P_ENVS,
-                   knobs={"data.train_env_size": SIZES}, tag="table3_n{}"),
+    "table1": Spec(
+        ["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale"], {"cmnist": "cmnist"}, P_ENVS, tag="table1"
+    ),
+    "table2": Spec(
+        ["erm", "irm", "meta_irm", "grayscale"], {"cmnist5": "cmnist5", "cmnist10": "cmnist10"}, ["p0.9"], tag="table2"
+    ),
+    "table3": Spec(
+        ["irm", "vrex", "meta_irm"],
+        {"cmnist": "cmnist"},
+        P_ENVS,
+        knobs={"data.train_env_size": SIZES},
+        tag="table3_n{}",
+    ),
     "table4": Spec(["irm", "vrex", "meta_irm"], {"cmnist_patch": "cmnist_patch"}, P_ENVS, tag="table4"),
-    "table5": Spec(["meta_irm", "meta_irm_no_std", "meta_irm_first_order", "meta_irm_same_env"], {"cmnist": "cmnist"},
-                   ["p0.1", "p0.9"], tag="table5"),
-    "table6": Spec(["erm", "irm", "meta_irm"],
-                   {"psst2": "psst2_glove50d_eta0.25", "psst2_grayscale": "psst2_grayscale_glove50d_eta0.25"}, ["p0.9"],
-                   knobs={"data.p_label_noise": [0.25, 0.0]}, tag="table6",
-                   extra={"model._target_": "metairm_pl.models.bow.BagOfWordsMLP", "model.hidden_dim": None}),
-    "fig3": Spec(["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale"], {"cmnist_pe_sweep": "cmnist_pe_sweep"}, PE_SWEEP,
-                 tag="fig3"),
-    "fig4": Spec(["irm", "meta_irm"], {"cmnist": "cmnist"}, ["p0.9"],
-                 knobs={"data.label_noise_gap": [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]}, tag="fig4_gap{}"),
-    "fig5": Spec(["irm", "vrex", "meta_irm"], {"cmnist_pe_sweep": "cmnist_pe_sweep"}, PE_SWEEP,
-                 knobs={"data.train_env_size": SIZES}, tag="fig5_n{}"),
-    "fig6": Spec(["irm"], {"cmnist": "cmnist"}, ["p0.9"], knobs={"data.train_env_size": SIZES}, tag="fig6_n{}",
-                 extra={"trainer.val_check_interval": 10}),
+    "table5": Spec(
+        ["meta_irm", "meta_irm_no_std", "meta_irm_first_order", "meta_irm_same_env"],
+        {"cmnist": "cmnist"},
+        ["p0.1", "p0.9"],
+        tag="table5",
+    ),
+    "table6": Spec(
+        ["erm", "irm", "meta_irm"],
+        {"psst2": "psst2_glove50d_eta0.25", "psst2_grayscale": "psst2_grayscale_glove50d_eta0.25"},
+        ["p0.9"],
+        knobs={"data.p_label_noise": [0.25, 0.0]},
+        tag="table6",
+        extra={"model._target_": "metairm_pl.models.bow.BagOfWordsMLP", "model.hidden_dim": None},
+    ),
+    "fig3": Spec(
+        ["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale"],
+        {"cmnist_pe_sweep": "cmnist_pe_sweep"},
+        PE_SWEEP,
+        tag="fig3",
+    ),
+    "fig4": Spec(
+        ["irm", "meta_irm"],
+        {"cmnist": "cmnist"},
+        ["p0.9"],
+        knobs={"data.label_noise_gap": [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]},
+        tag="fig4_gap{}",
+    ),
+    "fig5": Spec(
+        ["irm", "vrex", "meta_irm"],
+        {"cmnist_pe_sweep": "cmnist_pe_sweep"},
+        PE_SWEEP,
+        knobs={"data.train_env_size": SIZES},
+        tag="fig5_n{}",
+    ),
+    "fig6": Spec(
+        ["irm"],
+        {"cmnist": "cmnist"},
+        ["p0.9"],
+        knobs={"data.train_env_size": SIZES},
+        tag="fig6_n{}",
+        extra={"trainer.val_check_interval": 10},
+    ),
 }
 JOBS = {"table1": 60, "table2": 80, "table3": 90, "table4": 30, "table5": 40, "table6": 120,
         "fig3": 60, "fig4": 120, "fig5": 90, "fig6": 30}  # fmt: skip
@@ -222,8 +258,15 @@ def test_multirun_launches_each_job_with_its_directory_and_tag(tmp_path, monkeyp
 
     register_resolvers()
     GlobalHydra.instance().clear()
-    argv = ["train.py", "-m", experiment_override("table3"), "algorithm=irm", "seed=0",
-            "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    argv = [
+        "train.py",
+        "-m",
+        experiment_override("table3"),
+        "algorithm=irm",
+        "seed=0",
+        "hydra/job_logging=disabled",
+        "hydra/hydra_logging=disabled",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.chdir(tmp_path)  # the default output root: ./outputs
     try:

@@ -31,6 +31,7 @@ def test_only_the_documented_precisions_are_accepted(value):
 
 
 def test_bf16_without_native_support_warns_once_in_one_line(monkeypatch, caplog):
+    monkeypatch.setattr(precision.log, "disabled", False)  # an earlier Hydra app may have disabled it
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"fpu", "avx2"})
     precision._warn_once.cache_clear()
     with caplog.at_level(logging.WARNING, logger="metairm_pl.precision"):
@@ -42,6 +43,7 @@ def test_bf16_without_native_support_warns_once_in_one_line(monkeypatch, caplog)
 
 @pytest.mark.parametrize("flags", [{"avx512_bf16"}, {"amx_bf16", "avx2"}, {"bf16", "asimd"}, set()])
 def test_no_warning_with_native_bf16_or_when_it_cannot_be_told(monkeypatch, caplog, flags):
+    monkeypatch.setattr(precision.log, "disabled", False)
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     precision._warn_once.cache_clear()
     with caplog.at_level(logging.WARNING, logger="metairm_pl.precision"):
@@ -117,7 +119,7 @@ def test_grayscale_trains_in_bf16(make_config, fake_mnist):
 
 def test_evaluation_is_float32_whatever_the_training_precision(make_config):
     """The same weights evaluated inside and outside a bf16 autocast give the same numbers."""
-    from metairm_pl.run import build_algorithm, build_datamodule
+    from metairm_pl.build import build_algorithm, build_datamodule
 
     cfg = make_config(SHORT + ["algorithm=irm"])
     datamodule = build_datamodule(cfg)

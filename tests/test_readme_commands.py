@@ -62,9 +62,16 @@ def basic_sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return cwd, typed("python train.py -m algorithm=erm,irm seed=0,1,2", cwd, *SMALL)
 
 
+NOISE = ("litlogger", "LeafSpec", "Epoch 0/-2", "TPU available", "Traceback")
+
+
 def test_single_run(tmp_path):
-    assert succeeded(typed("python train.py", tmp_path, *SMALL))
+    result = typed("python train.py", tmp_path, *SMALL)
+    assert succeeded(result)
     assert finished_runs(tmp_path / "outputs" / "runs") == {("synthetic", "irm", "seed=0")}
+    output = result.stdout + result.stderr
+    assert not [noise for noise in NOISE if noise in output], output[-3000:]
+    assert "irm on synthetic (seed 0), step 12:" in output
 
 
 def test_multirun_with_the_basic_launcher(basic_sweep):
@@ -74,6 +81,10 @@ def test_multirun_with_the_basic_launcher(basic_sweep):
     expected = {("synthetic", algorithm, f"seed={seed}") for algorithm in ("erm", "irm") for seed in range(3)}
     assert finished_runs(sweep_dir) == expected
     assert (sweep_dir / "multirun.yaml").is_file()
+    output = result.stdout + result.stderr
+    done_lines = [line for line in output.splitlines() if ") done: " in line]  # one line per finished job
+    assert len(done_lines) == 6 and all(re.search(r"job #\d \(.*\) done: .* step 12: train_acc", x) for x in done_lines)
+    assert not [noise for noise in NOISE if noise in output], output[-3000:]
 
 
 def test_multirun_with_the_joblib_launcher(tmp_path):
@@ -105,7 +116,7 @@ def test_hyperparameter_search_with_two_trials(tmp_path):
 def test_report_over_what_the_sweep_wrote(basic_sweep):
     cwd, result = basic_sweep
     assert succeeded(result)
-    report = typed("python -m metairm_pl.report outputs --plots", cwd)
+    report = typed("python -m metairm_pl.reporting outputs --plots", cwd)
     assert succeeded(report)
     rows = [line for line in report.stdout.splitlines() if line.startswith(("| erm ", "| irm "))]
     assert len(rows) == 2, report.stdout
@@ -137,17 +148,18 @@ def test_a_failed_job_is_one_line_and_the_others_finish(tmp_path, launcher):
 
 
 def test_a_failed_trial_does_not_end_a_search(tmp_path):
-    """Stage 2's grid with a second, invalid learning rate: that trial fails in one line, the
-    other completes, the best trial is written and the exit status is 1."""
-    result = typed("python train.py -m hparams_search=meta_irm_cmnist_stop", tmp_path, *SMALL,
-                   "hydra.sweeper.n_trials=2", "callbacks.std_early_stopping.min_steps=choice(0)",
-                   "algorithm.optimizer.lr=choice(-0.001,0.001)")  # fmt: skip
+    """The search with a second, invalid learning rate: the (seeded) sampler proposes it once
+    in four trials; that trial fails in one line, the others complete, the best trial is
+    written and the exit status is 1.  (hydra-optuna-sweeper 1.3 itself crashes when every
+    trial fails, or when the last point of a grid search fails: see docs/runs.md.)"""
+    result = typed("python train.py -m hparams_search=meta_irm_cmnist", tmp_path, *SMALL,
+                   "hydra.sweeper.n_trials=4", "algorithm.optimizer.lr=choice(-0.001,0.001)")  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-4000:]
     assert "Traceback" not in output
     (job_line,) = [line for line in output.splitlines() if "failed: algorithm.optimizer.lr=-0.001" in line]
     assert "1 job(s) of this multirun failed" in output
-    sweep_dir = tmp_path / "outputs" / "sweeps" / "hparams_meta_irm_cmnist_stop"
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "hparams_meta_irm_cmnist"
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_params"]["algorithm.optimizer.lr"] == 0.001
-    assert len(finished_runs(sweep_dir)) == 1
+    assert len(finished_runs(sweep_dir)) >= 1 and len(list(sweep_dir.rglob("failed"))) == 1

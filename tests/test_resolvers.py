@@ -13,9 +13,17 @@ from metairm_pl.resolvers import LAUNCH_DIR_ENV, launch_dir, register_resolvers,
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
+def without_launch_dir(monkeypatch) -> None:
+    """Unset the variable for this test, and make monkeypatch unset it again afterwards even
+    if the test sets it (setenv records the original state; a bare delenv of an absent
+    variable records nothing, and the variable would leak into every later test)."""
+    monkeypatch.setenv(LAUNCH_DIR_ENV, "set by the test")
+    monkeypatch.delenv(LAUNCH_DIR_ENV)
+
+
 def test_launch_dir_is_the_recorded_one_else_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(LAUNCH_DIR_ENV, raising=False)
+    without_launch_dir(monkeypatch)
     assert launch_dir() == str(tmp_path)
     assert remember_launch_dir() == str(tmp_path)
     elsewhere = tmp_path / "job"
@@ -28,7 +36,7 @@ def test_sweep_and_run_dirs_resolve_before_hydra_sets_its_runtime(tmp_path, monk
     """A sweeper resolves ``hydra.sweep.dir`` before any job exists (no HydraConfig yet):
     the output root must not depend on ``${hydra:runtime.cwd}``."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(LAUNCH_DIR_ENV, raising=False)
+    without_launch_dir(monkeypatch)
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -20,10 +20,10 @@ import pytest
 import torch
 
 from metairm_pl.callbacks.checkpointing import checkpoint_step
-from metairm_pl.run_dir import last_checkpoint_path
 from metairm_pl.callbacks.results import ResultsWriter
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.run import train
+from metairm_pl.run_dir import last_checkpoint_path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny network and data. Checkpoints every 20 steps and a kill after the record of step 30:
@@ -147,7 +147,10 @@ def kill_after_record(process: subprocess.Popen, output_root: Path, step: int) -
 def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     for attempt, max_steps in enumerate(MAX_STEPS):
         overrides = case_overrides(algorithm, max_steps)
-        reference_root, resumed_root = tmp_path / f"reference{attempt}" / "outputs", tmp_path / f"resumed{attempt}" / "outputs"
+        reference_root, resumed_root = (
+            tmp_path / f"reference{attempt}" / "outputs",
+            tmp_path / f"resumed{attempt}" / "outputs",
+        )
         # The uninterrupted run and the run to kill go side by side.
         reference = launch(overrides, reference_root, "run.log")
         victim = launch(overrides, resumed_root, "killed.log")

@@ -72,8 +72,11 @@ def test_meta_irm_preset_composes_a_validation_only_optuna_search():
     sweeper = cfg.hydra.sweeper
     assert "optuna" in sweeper._target_.lower() and sweeper.direction == "maximize"
     assert set(sweeper.params) == {
-        "algorithm.penalty.weight", "algorithm.inner_lr", "algorithm.optimizer.lr",
-        "algorithm.dropgrad", "callbacks.std_early_stopping.min_steps",
+        "algorithm.penalty.weight",
+        "algorithm.inner_lr",
+        "algorithm.optimizer.lr",
+        "algorithm.dropgrad",
+        "callbacks.std_early_stopping.min_steps",
     }
     assert "hparams_search" in cfg.hydra.job.config.override_dirname.exclude_keys
 
@@ -82,10 +85,20 @@ def test_optuna_search_returns_objectives_and_a_relaunch_reuses_finished_trials(
     """Two real trials through train.py: the best value Optuna reports is the best objective
     of the runs; relaunching the same search trains nothing new."""
     command = [
-        sys.executable, str(REPO / "train.py"), "-m", "hparams_search=meta_irm_cmnist", "data=synthetic",
-        "algorithm.penalty.anneal_steps=2", "hydra/launcher=basic", "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.n_startup_trials=2",
-        "model.hidden_dim=8", "trainer.max_steps=12", "trainer.val_check_interval=4", "logger=none",
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        "hparams_search=meta_irm_cmnist",
+        "data=synthetic",
+        "algorithm.penalty.anneal_steps=2",
+        "hydra/launcher=basic",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+        "model.hidden_dim=8",
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=4",
+        "logger=none",
         "callbacks.std_early_stopping.std_threshold=0.5",
     ]  # run in tmp_path as a user would: outputs go to ./outputs
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -134,7 +147,15 @@ def test_stage_two_preset_is_a_grid_over_min_steps_at_the_meta_irm_preset_values
     assert sweeper.n_trials == len(choices)
     assert set(sweeper.params) == {"callbacks.std_early_stopping.min_steps"}
     assert preset.callbacks.std_early_stopping.min_steps in choices
-    for key in ("algorithm.penalty.weight", "algorithm.inner_lr", "algorithm.optimizer.lr", "algorithm.dropgrad",
-                "model.hidden_dim", "trainer.max_steps", "trainer.val_check_interval",
-                "algorithm.penalty.anneal_steps", "callbacks.std_early_stopping.std_threshold"):
+    for key in (
+        "algorithm.penalty.weight",
+        "algorithm.inner_lr",
+        "algorithm.optimizer.lr",
+        "algorithm.dropgrad",
+        "model.hidden_dim",
+        "trainer.max_steps",
+        "trainer.val_check_interval",
+        "algorithm.penalty.anneal_steps",
+        "callbacks.std_early_stopping.std_threshold",
+    ):
         assert OmegaConf.select(stage2, key) == OmegaConf.select(preset, key), key

@@ -43,8 +43,8 @@ from pathlib import Path
 import pytest
 
 from metairm_pl.callbacks.checkpointing import checkpoint_step
+from metairm_pl.files import read_jsonl
 from metairm_pl.run_dir import last_checkpoint_path
-from metairm_pl.io import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = "killed_sweep"
@@ -194,9 +194,7 @@ def expected_steps(algorithm: str) -> list[int]:
     return sorted(set(range(VAL_EVERY, STEPS[algorithm] + 1, VAL_EVERY)) | {STEPS[algorithm]})
 
 
-@pytest.mark.parametrize(
-    "launcher", LAUNCHERS
-)
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_killed_sweep_relaunch_skips_finished_and_resumes_the_rest(tmp_path, launcher):
     sweep_dir = tmp_path / "outputs" / "sweeps" / TAG
     command = sweep_command(launcher)
@@ -236,7 +234,7 @@ def test_killed_sweep_relaunch_skips_finished_and_resumes_the_rest(tmp_path, lau
 
     # (c) the report fills every cell with both seeds
     report = subprocess.run(
-        [sys.executable, "-m", "metairm_pl.report", str(sweep_dir), "--out", str(tmp_path / "report")],
+        [sys.executable, "-m", "metairm_pl.reporting", str(sweep_dir), "--out", str(tmp_path / "report")],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.run import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -115,7 +115,7 @@ def test_a_run_directory_in_use_waits_for_its_holder_then_reuses_its_results(mak
 
 
 def _hold_lock(path, ready, release):
-    from metairm_pl.io import exclusive_lock
+    from metairm_pl.files import exclusive_lock
 
     with exclusive_lock(path):
         ready.set()

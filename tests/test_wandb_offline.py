@@ -26,7 +26,7 @@ import wandb
 import yaml
 
 from metairm_pl.errors import ConfigError
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.run import train
 
 SHORT = [
@@ -147,8 +147,9 @@ def test_offline_run_holds_config_grouping_history_and_summary(make_config):
 
 
 def test_failed_run_still_finishes_its_wandb_run(make_config, monkeypatch):
-    from metairm_pl.algorithms.base import DivergenceError, Objective
+    from metairm_pl.algorithms.base import Objective
     from metairm_pl.algorithms.erm import ERM
+    from metairm_pl.errors import DivergenceError
 
     healthy = ERM.objective
 

@@ -7,11 +7,13 @@ type fails at composition time with the key's name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from metairm_pl.algorithms.schedule import PenaltySchedule
 
 
 @dataclass
@@ -88,12 +90,10 @@ class PunctuatedSST2Config:
     batch_size: Optional[int] = None
 
 
-@dataclass
-class PenaltyConfig:
-    weight: float = 0.0
-    anneal_steps: int = 0
-    warmup_weight: float = 1.0
-    rescale: bool = True
+# The penalty schedule's fields and defaults, taken from the class itself (one source).
+PenaltyConfig = make_dataclass(
+    "PenaltyConfig", [(f.name, f.type, field(default=f.default)) for f in fields(PenaltySchedule)]
+)
 
 
 @dataclass

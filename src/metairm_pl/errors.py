@@ -1,5 +1,9 @@
 """Errors that are reported to the user as one readable paragraph, without a traceback."""
 
+from __future__ import annotations
+
+from typing import Optional
+
 
 class UserError(Exception):
     """Base for errors caused by the user's input (config, data files, paths)."""
@@ -15,3 +19,29 @@ class DataUnavailableError(UserError, FileNotFoundError):
 
 class DataCorruptedError(UserError, ValueError):
     """A data file exists but its contents fail verification (checksum, shape, format)."""
+
+
+class DivergenceError(UserError, RuntimeError):
+    """A loss term or parameter became NaN/inf; the message names the step and the term."""
+
+
+def user_error_in(error: BaseException) -> Optional[Exception]:
+    """The user error behind ``error`` (Hydra wraps constructor errors), if any: one of ours,
+    or an OmegaConf config error such as a missing mandatory value."""
+    from omegaconf.errors import OmegaConfBaseException  # only when an error is being reported
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (UserError, OmegaConfBaseException)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line saying why a run failed: the user error's message (config, data, paths) when
+    there is one, else the exception's type and message."""
+    user_error = user_error_in(error)
+    reason = str(user_error) if user_error is not None else f"{type(error).__name__}: {error}"
+    return " ".join(reason.split())

@@ -14,7 +14,6 @@ Hydra app and turns :class:`~metairm_pl.errors.UserError` into one readable para
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 import traceback
@@ -24,83 +23,26 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl import run_dir as layout
+from metairm_pl.build import (
+    build_algorithm,
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    check_callbacks_have_data,
+)
 from metairm_pl.callbacks.checkpointing import PeriodicCheckpoint, checkpoint_step
 from metairm_pl.callbacks.results import ResultsWriter
-from metairm_pl.errors import ConfigError, UserError
-from metairm_pl.io import read_jsonl
+from metairm_pl.config_checks import check_config
+from metairm_pl.console import quiet_third_party
+from metairm_pl.errors import describe_failure, user_error_in
+from metairm_pl.files import read_jsonl
 from metairm_pl.precision import check_precision
 
 log = logging.getLogger(__name__)
-
-CONFIG_ONLY_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-
-
-def accepted_keys(target: type) -> list[str]:
-    """Constructor parameter names of ``target``, following ``**kwargs`` up the class hierarchy."""
-    names: list[str] = []
-    for cls in target.__mro__:
-        if "__init__" not in vars(cls):
-            continue
-        parameters = inspect.signature(cls.__init__).parameters.values()
-        names += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return names
-    return []  # ends in **kwargs all the way up: anything goes
-
-
-def check_known_keys(section: str, node: DictConfig, ignore: tuple[str, ...] = ()) -> None:
-    """Raise a ConfigError listing keys of ``node`` that its ``_target_`` does not accept."""
-    target = get_class(node["_target_"])
-    allowed = accepted_keys(target) if inspect.isclass(target) else []
-    if not allowed:
-        return
-    unknown = [key for key in node if key not in allowed and key not in CONFIG_ONLY_KEYS + ignore]
-    if unknown:
-        raise ConfigError(
-            f"{section}: unknown key(s) {unknown} for {target.__name__}; allowed keys: {sorted(set(allowed) | set(ignore))}."
-        )
-
-
-def build_datamodule(cfg: DictConfig):
-    check_known_keys("data", cfg.data)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
-    return datamodule
-
-
-def build_algorithm(cfg: DictConfig, datamodule) -> pl.LightningModule:
-    num_outputs = 1 if datamodule.num_classes == 2 else datamodule.num_classes
-    data_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
-    model_keys = accepted_keys(get_class(cfg.model["_target_"]))
-    missing = [key for key in data_kwargs if model_keys and key not in model_keys]
-    if missing:
-        raise ConfigError(
-            f"data={cfg.data.name} passes {missing} to the model, which model._target_="
-            f"{cfg.model['_target_']} does not take: use a model that does (for psst2: model=bow_mlp)."
-        )
-    network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=num_outputs, **data_kwargs)
-    algorithm_cfg = OmegaConf.masked_copy(cfg.algorithm, [k for k in cfg.algorithm if k != "name"])
-    check_known_keys("algorithm", algorithm_cfg, ignore=("network", "num_classes"))
-    algorithm = instantiate(algorithm_cfg, network=network, num_classes=datamodule.num_classes)
-    algorithm.check_environments(len(datamodule.train_env_names))
-    return algorithm
-
-
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    if cfg.trainer.get("enable_progress_bar", True):
-        from pytorch_lightning.callbacks import RichProgressBar
-
-        callbacks.append(RichProgressBar())
-    return callbacks
-
-
-def build_loggers(cfg: DictConfig) -> list:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
 
 
 def run_info(cfg: DictConfig) -> dict[str, Any]:
@@ -162,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     one still trains) waits for the first to finish and then finds its results, instead of
     writing the same files at the same time.
     """
+    quiet_third_party()
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -189,6 +132,7 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     trainer: Optional[pl.Trainer] = None
     status = "failed"
     try:
+        check_config(cfg)
         check_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "cpu"))
         datamodule = build_datamodule(cfg)
         algorithm = build_algorithm(cfg, datamodule)
@@ -251,14 +195,6 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
                 wandb.finish(exit_code=0 if status == "success" else 1)
 
 
-def describe_failure(error: BaseException) -> str:
-    """One line saying why a run failed: the user error's message (config, data, paths) when
-    there is one, else the exception's type and message."""
-    user_error = user_error_in(error)
-    reason = str(user_error) if user_error is not None else f"{type(error).__name__}: {error}"
-    return " ".join(reason.split())
-
-
 def failure_text(error: BaseException) -> str:
     """The ``failed`` marker's text: the one-line reason, then the traceback unless the
     error was the user's (a traceback would only point into our code)."""
@@ -283,36 +219,3 @@ def check_training_finished(trainer: pl.Trainer) -> None:
             f"training ended at step {trainer.global_step} of {trainer.max_steps} without an early stop "
             "(interrupted?): the run is not marked done; relaunch the same command to resume it."
         )
-
-
-def check_callbacks_have_data(callbacks: list, datamodule) -> None:
-    """Std-threshold early stopping needs validation sets of >= 2 training envs: check before training."""
-    from metairm_pl.callbacks.std_early_stopping import StdThresholdEarlyStopping
-
-    n_val_envs = len(datamodule.splits.val) if datamodule.splits is not None else 0
-    if any(isinstance(c, StdThresholdEarlyStopping) for c in callbacks) and n_val_envs < 2:
-        raise ConfigError(
-            f"std-threshold early stopping needs validation sets of >= 2 training envs, the data has "
-            f"{n_val_envs}: set data.val_fraction > 0 (or callbacks=default to train without it)."
-        )
-
-
-def user_error_in(error: BaseException) -> Optional[Exception]:
-    """The user error behind ``error`` (Hydra wraps constructor errors), if any: one of ours,
-    or an OmegaConf config error such as a missing mandatory value."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, (UserError, OmegaConfBaseException)):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def summary_lines(final: dict[str, Any]) -> list[str]:
-    """Human-readable lines for the end of a run."""
-    lines = [f"{final['algorithm']} on {final['data']} (seed {final['seed']}), step {final['step']}:"]
-    lines += [f"  {key}: {value:.4f}" for key, value in final["summary"].items()]
-    return lines

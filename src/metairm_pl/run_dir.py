@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl.errors import ConfigError
-from metairm_pl.io import atomic_write_json, atomic_write_text, exclusive_lock
+from metairm_pl.files import atomic_write_json, atomic_write_text, exclusive_lock
 
 CONFIG_FILE = "config.yaml"
 FINGERPRINT_FILE = "config.sha256"
@@ -50,7 +50,15 @@ CSV_LOG = "csv/metrics.csv"
 ARCHIVED_SUFFIX = ".gz"
 
 # Keys that may differ between two launches of the same run (where and how it is shown).
-VOLATILE_KEYS = ("overwrite", "resume", "paths", "logger", "callbacks.progress_bar", "trainer.enable_progress_bar", "objective")
+VOLATILE_KEYS = (
+    "overwrite",
+    "resume",
+    "paths",
+    "logger",
+    "callbacks.progress_bar",
+    "trainer.enable_progress_bar",
+    "objective",
+)
 
 
 # --------------------------------------------------------------------------- paths

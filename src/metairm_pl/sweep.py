@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from metairm_pl.io import append_jsonl, read_jsonl
+from metairm_pl.files import append_jsonl, read_jsonl
 
 log = logging.getLogger("sweep")
 

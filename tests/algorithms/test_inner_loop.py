@@ -138,9 +138,7 @@ def first_order_reference(model, envs, inner_steps=2) -> dict[str, torch.Tensor]
     sigma = math.sqrt(sum((v - mean) ** 2 for v in pair_losses) / n)
     weights = [1 + LAMBDA * (v - mean) / (n * sigma) for v in pair_losses]
     names = [name for name, _ in model.named_parameters()]
-    return {
-        name: sum(w * g[k] for w, g in zip(weights, pair_grads)) for k, name in enumerate(names)
-    }
+    return {name: sum(w * g[k] for w, g in zip(weights, pair_grads)) for k, name in enumerate(names)}
 
 
 def test_first_order_gradient_matches_detached_reference_and_differs_from_second_order():
@@ -338,8 +336,9 @@ def test_adapt_with_dropgrad_is_seeded_and_rate_zero_matches_plain():
     params, (x, y) = dict(model.named_parameters()), envs[0]
 
     def run(rate, seed):
-        return adapt(model, params, x, y, risk_fn, INNER_LR, 2, dropgrad_rate=rate,
-                     generator=torch.Generator().manual_seed(seed))
+        return adapt(
+            model, params, x, y, risk_fn, INNER_LR, 2, dropgrad_rate=rate, generator=torch.Generator().manual_seed(seed)
+        )
 
     plain = adapt(model, params, x, y, risk_fn, INNER_LR, 2)
     assert all(torch.equal(run(0.0, 1)[n], plain[n]) for n in plain)
@@ -356,8 +355,17 @@ def test_inner_loop_leaves_module_parameters_and_grads_untouched(first_order):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     params = dict(model.named_parameters())
     adapted = adapt(model, params, *envs[0], risk_fn, INNER_LR, 2, first_order=first_order)
-    obj = meta_objective(model, params, envs, risk_fn, INNER_LR, 2, first_order=first_order,
-                         dropgrad_rate=0.2, generator=torch.Generator().manual_seed(0))
+    obj = meta_objective(
+        model,
+        params,
+        envs,
+        risk_fn,
+        INNER_LR,
+        2,
+        first_order=first_order,
+        dropgrad_rate=0.2,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert params == dict(model.named_parameters())
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name])
@@ -407,7 +415,15 @@ def test_forward_passes_are_one_per_inner_step_and_one_per_pair(meta_envs, n_met
     model, envs = make_mlp(nn.Tanh()), make_envs()
     calls = []
     model.register_forward_hook(lambda m, inp, out: calls.append(inp[0].shape))
-    obj = meta_objective(model, dict(model.named_parameters()), envs, risk_fn, INNER_LR, 2,
-                         meta_envs=meta_envs, n_meta_envs=n_meta_envs,
-                         generator=torch.Generator().manual_seed(0))
+    obj = meta_objective(
+        model,
+        dict(model.named_parameters()),
+        envs,
+        risk_fn,
+        INNER_LR,
+        2,
+        meta_envs=meta_envs,
+        n_meta_envs=n_meta_envs,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(calls) == 2 * len(envs) + len(obj.pairs)

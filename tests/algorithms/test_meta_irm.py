@@ -35,8 +35,12 @@ def test_objective_is_sum_of_meta_losses_and_their_std():
     batch = env_batch()
     objective = module.objective(batch)
     reference = meta_objective(
-        module.network, dict(module.network.named_parameters()), list(batch.values()),
-        risk_function(2), inner_lr=0.3, inner_steps=2,
+        module.network,
+        dict(module.network.named_parameters()),
+        list(batch.values()),
+        risk_function(2),
+        inner_lr=0.3,
+        inner_steps=2,
     )
     assert torch.equal(objective.risk, reference.meta_loss_sum)
     assert torch.equal(objective.penalty, reference.meta_loss_std)

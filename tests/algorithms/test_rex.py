@@ -32,10 +32,7 @@ def hand_risk(env: str) -> float:
 
 
 def batch_of(envs: str) -> dict:
-    return {
-        env: (torch.tensor(ENVS[env][0], dtype=torch.float64)[:, None], torch.tensor(ENVS[env][1]))
-        for env in envs
-    }
+    return {env: (torch.tensor(ENVS[env][0], dtype=torch.float64)[:, None], torch.tensor(ENVS[env][1])) for env in envs}
 
 
 def make(cls, weight: float = 1.0, anneal_steps: int = 0):

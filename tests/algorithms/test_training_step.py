@@ -20,9 +20,16 @@ TEST = [{"name": "p0.9", "p_color": 0.9, "size": 2000}]
 
 def fit(module, datamodule, steps: int) -> None:
     trainer = pl.Trainer(
-        max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, inference_mode=False,
-        accelerator="cpu", deterministic=True,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        inference_mode=False,
+        accelerator="cpu",
+        deterministic=True,
     )
     trainer.fit(module, datamodule=datamodule)
 
@@ -58,7 +65,9 @@ def test_irm_training_steps_match_the_official_update():
     reference.load_state_dict(network.state_dict())
     settings = {"lr": 1e-2, "l2": 1e-3, "weight": 100.0, "anneal": 3}
     module = IRMv1(
-        network, functools.partial(torch.optim.Adam, lr=settings["lr"]), l2_weight=settings["l2"],
+        network,
+        functools.partial(torch.optim.Adam, lr=settings["lr"]),
+        l2_weight=settings["l2"],
         penalty={"weight": settings["weight"], "anneal_steps": settings["anneal"]},
     )
     fit(module, datamodule, steps=6)  # 3 steps at weight 1, 3 annealed and rescaled

@@ -10,15 +10,14 @@ import pytest
 
 from metairm_pl.analysis.replay_std_stop import as_final, main, record_std, replay_stop
 from metairm_pl.errors import ConfigError
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.run import train
 from metairm_pl.search_objective import search_objective
 
 
 def scripted(stds):
     return [
-        {"step": 10 * (i + 1), "early_stop/val_loss_std": std, "val/a/acc": 0.5 + i / 100}
-        for i, std in enumerate(stds)
+        {"step": 10 * (i + 1), "early_stop/val_loss_std": std, "val/a/acc": 0.5 + i / 100} for i, std in enumerate(stds)
     ]
 
 
@@ -56,10 +55,18 @@ def test_objective_reads_validation_accuracy_and_the_stop_flag():
 def test_a_real_stop_is_the_replayed_truncation_of_a_longer_run(make_config):
     """The premise of the replay: a run that stops is, record for record, the prefix of the
     same run trained on with the stop disabled."""
-    base = ["data=synthetic", "algorithm=meta_irm", "model.hidden_dim=8", "trainer.max_steps=16",
-            "trainer.val_check_interval=2", "algorithm.penalty.anneal_steps=2"]
-    long_cfg = make_config(base + ["callbacks.std_early_stopping.std_threshold=1e-12",
-                                   "callbacks.std_early_stopping.min_steps=0"], name="long")
+    base = [
+        "data=synthetic",
+        "algorithm=meta_irm",
+        "model.hidden_dim=8",
+        "trainer.max_steps=16",
+        "trainer.val_check_interval=2",
+        "algorithm.penalty.anneal_steps=2",
+    ]
+    long_cfg = make_config(
+        base + ["callbacks.std_early_stopping.std_threshold=1e-12", "callbacks.std_early_stopping.min_steps=0"],
+        name="long",
+    )
     train(long_cfg)
     long_records = read_jsonl(Path(long_cfg.paths.output_dir) / "results.jsonl")
     assert [r["step"] for r in long_records][:3] == [2, 4, 6]
@@ -69,8 +76,11 @@ def test_a_real_stop_is_the_replayed_truncation_of_a_longer_run(make_config):
     kept, stopped = replay_stop(long_records, threshold, 6)
     assert stopped and kept["step"] < long_records[-1]["step"]
 
-    short_cfg = make_config(base + [f"callbacks.std_early_stopping.std_threshold={threshold!r}",
-                                    "callbacks.std_early_stopping.min_steps=6"], name="short")
+    short_cfg = make_config(
+        base
+        + [f"callbacks.std_early_stopping.std_threshold={threshold!r}", "callbacks.std_early_stopping.min_steps=6"],
+        name="short",
+    )
     final = train(short_cfg)
     short_records = read_jsonl(Path(short_cfg.paths.output_dir) / "results.jsonl")
     assert final["stopped_early"] and final["step"] == kept["step"]

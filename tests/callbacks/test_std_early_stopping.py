@@ -6,12 +6,11 @@ import math
 from types import SimpleNamespace
 
 import pytest
-
 from pytorch_lightning.trainer.states import TrainerFn
 
 from metairm_pl.callbacks.std_early_stopping import StdThresholdEarlyStopping, population_std
 from metairm_pl.errors import ConfigError
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.run import train
 
 
@@ -46,6 +45,19 @@ def test_stops_at_first_evaluation_under_threshold():
     assert [round(std, 6) for _, std in callback.std_history] == [0.25, 0.1, 0.04, 0.01]
 
 
+def test_the_stop_says_so_in_one_line_and_its_record_fields(caplog):
+    callback = StdThresholdEarlyStopping(std_threshold=0.001, min_steps=0)
+    assert callback.record_fields() == {}  # nothing before the first evaluation
+    with caplog.at_level("INFO", logger="metairm_pl.callbacks.std_early_stopping"):
+        callback.on_validation_end(fake_trainer(260), scripted_module({"e0": 0.6, "e1": 0.61}))
+        callback.on_validation_end(fake_trainer(270), scripted_module({"e0": 0.6, "e1": 0.6016}))
+    (record,) = caplog.records  # one line, at the stop only
+    assert record.getMessage() == "stopped at step 270: std of the training envs' validation losses 0.0008 < 0.001"
+    assert callback.stopped and callback.record_fields() == {
+        "early_stop/val_loss_std": pytest.approx(0.0008), "early_stop/stopped": True, "early_stop/stop_step": 270,
+    }  # fmt: skip
+
+
 def test_min_steps_delays_the_stop():
     callback = StdThresholdEarlyStopping(std_threshold=0.05, min_steps=25)
     for step in (10, 20, 30):
@@ -55,7 +67,9 @@ def test_min_steps_delays_the_stop():
     assert callback.stop_step == 30
 
 
-@pytest.mark.parametrize("kwargs", [{"std_threshold": 0.0}, {"std_threshold": -1.0}, {"std_threshold": 0.1, "min_steps": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"std_threshold": 0.0}, {"std_threshold": -1.0}, {"std_threshold": 0.1, "min_steps": -1}]
+)
 def test_bad_settings_are_rejected(kwargs):
     with pytest.raises(ConfigError):
         StdThresholdEarlyStopping(**kwargs)

@@ -167,7 +167,10 @@ def test_heldout_validation_uses_env_colouring():
         {"name": "b", "p_color": 1.0, "p_label_noise": 0.0, "size": 100},
     ]
     dm = ColoredMNISTDataModule(
-        train_envs, [{"name": "t", "p_color": 0.9}], val_fraction=0.2, train_pool_size=POOL,
+        train_envs,
+        [{"name": "t", "p_color": 0.9}],
+        val_fraction=0.2,
+        train_pool_size=POOL,
         mnist_loader=lambda: ARRAYS,
     )
     dm.setup()
@@ -305,7 +308,8 @@ def test_a_test_env_may_share_a_name_with_a_train_env():
     dm = ColoredMNISTDataModule(
         [{"name": "env0", "p_color": 0.1, "size": 50}, {"name": "env1", "p_color": 0.2, "size": 50}],
         [{"name": "env0", "p_color": 0.9}],
-        train_pool_size=POOL, mnist_loader=lambda: ARRAYS,
+        train_pool_size=POOL,
+        mnist_loader=lambda: ARRAYS,
     )
     dm.setup()
     assert dm.train_env_names == ["env0", "env1"] and dm.test_env_names == ["env0"]
@@ -430,8 +434,12 @@ def test_eval_loader_yields_the_same_object_on_every_pass():
 
 def test_minibatches_of_an_env_named_train_are_not_cached():
     dm = ColoredMNISTDataModule(
-        [{"name": "train", "p_color": 0.1, "size": 64}], [{"name": "t", "p_color": 0.9}],
-        train_pool_size=POOL, mnist_loader=lambda: ARRAYS, full_batch=False, batch_size=16,
+        [{"name": "train", "p_color": 0.1, "size": 64}],
+        [{"name": "t", "p_color": 0.9}],
+        train_pool_size=POOL,
+        mnist_loader=lambda: ARRAYS,
+        full_batch=False,
+        batch_size=16,
     )
     dm.setup()
     for batch, _, _ in dm.train_dataloader():
@@ -443,7 +451,9 @@ def test_train_env_size_knob_resizes_every_training_env():
     dm = ColoredMNISTDataModule(
         [{"name": "a", "p_color": 0.1, "size": 100}, {"name": "b", "p_color": 0.2}],
         [{"name": "t", "p_color": 0.9}],
-        train_pool_size=POOL, train_env_size=40, mnist_loader=lambda: ARRAYS,
+        train_pool_size=POOL,
+        train_env_size=40,
+        mnist_loader=lambda: ARRAYS,
     )
     dm.setup()
     assert [len(dm.splits.train[name][1]) for name in ("a", "b")] == [40, 40]
@@ -453,14 +463,19 @@ def test_label_noise_gap_spreads_noise_as_the_paper_states():
     dm = ColoredMNISTDataModule(
         [{"name": "p0.2", "p_color": 0.2}, {"name": "p0.1", "p_color": 0.1}],
         [{"name": "p0.9", "p_color": 0.9}],
-        train_pool_size=POOL, label_noise_gap=0.04, mnist_loader=_never_called,
+        train_pool_size=POOL,
+        label_noise_gap=0.04,
+        mnist_loader=_never_called,
     )
     noise = {spec.name: spec.p_label_noise for spec in dm.train_specs}
     assert noise == {"p0.1": pytest.approx(0.27), "p0.2": pytest.approx(0.23)}
     with pytest.raises(ConfigError, match="label_noise_gap=1.5"):
         ColoredMNISTDataModule(
-            [{"name": "a", "p_color": 0.1}], [{"name": "t", "p_color": 0.9}],
-            train_pool_size=POOL, label_noise_gap=1.5, mnist_loader=_never_called,
+            [{"name": "a", "p_color": 0.1}],
+            [{"name": "t", "p_color": 0.9}],
+            train_pool_size=POOL,
+            label_noise_gap=1.5,
+            mnist_loader=_never_called,
         )
 
 
@@ -516,8 +531,10 @@ def test_coupled_colouring_keeps_each_envs_rates():
     built = colour_digits_coupled(images, digits, specs, 2, g)
     for spec in specs:
         x, y = built[spec.name]
-        rates = {"noise": ((y != 1).float().mean().item(), spec.p_label_noise),
-                 "colour": ((colour_of(x) != y).float().mean().item(), spec.p_color)}
+        rates = {
+            "noise": ((y != 1).float().mean().item(), spec.p_label_noise),
+            "colour": ((colour_of(x) != y).float().mean().item(), spec.p_color),
+        }
         for kind, (rate, expected) in rates.items():
             tolerance = 4 * (expected * (1 - expected) / n) ** 0.5
             assert abs(rate - expected) < tolerance, (spec.name, kind, rate, expected)
@@ -544,8 +561,10 @@ def test_shared_validation_needs_only_the_largest_val_set_of_heldout_digits():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"val_pairing": "paired"}, "val_pairing='paired'.*independent.*shared"),
-     ({"val_pairing": "shared", "val_source": "split"}, "val_pairing=shared needs val_source=heldout")],
+    [
+        ({"val_pairing": "paired"}, "val_pairing='paired'.*independent.*shared"),
+        ({"val_pairing": "shared", "val_source": "split"}, "val_pairing=shared needs val_source=heldout"),
+    ],
 )
 def test_bad_val_pairing_raises(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -12,11 +12,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from metairm_pl.build import build_datamodule
+from metairm_pl.config_checks import check_known_keys
 from metairm_pl.data.cmnist import ColoredMNISTDataModule
 from metairm_pl.data.cmnist_patch import ColoredMNISTPatchDataModule, PatchEnvSpec, add_patches
 from metairm_pl.data.mnist_source import MnistArrays
 from metairm_pl.errors import ConfigError
-from metairm_pl.run import build_datamodule, check_known_keys
 
 
 def make_arrays(n_train: int, n_test: int = 60, seed: int = 0) -> MnistArrays:
@@ -86,8 +87,15 @@ def test_add_patches_writes_exactly_the_corner_blocks():
 def test_patched_envs_equal_cmnist_except_the_patch(val_source):
     pairing = "shared" if val_source == "heldout" else "independent"
     patched = built(TRAIN, TEST, val_fraction=0.2, val_source=val_source, val_pairing=pairing, data_seed=3)
-    plain = built(without_patch(TRAIN), without_patch(TEST), cls=ColoredMNISTDataModule,
-                  val_fraction=0.2, val_source=val_source, val_pairing=pairing, data_seed=3)
+    plain = built(
+        without_patch(TRAIN),
+        without_patch(TEST),
+        cls=ColoredMNISTDataModule,
+        val_fraction=0.2,
+        val_source=val_source,
+        val_pairing=pairing,
+        data_seed=3,
+    )
     for split in ("train", "val", "test"):
         assert set(getattr(patched.splits, split)) == set(getattr(plain.splits, split))
         for name, (x, y) in getattr(patched.splits, split).items():
@@ -123,8 +131,9 @@ RATE_ENVS = [
 
 @pytest.fixture(scope="module")
 def large():
-    return built(RATE_ENVS, [{"name": "t", "p_color": 0.9, "p_patch": 0.9}], arrays=LARGE, pool=16_000,
-                 val_fraction=0.0)
+    return built(
+        RATE_ENVS, [{"name": "t", "p_color": 0.9, "p_patch": 0.9}], arrays=LARGE, pool=16_000, val_fraction=0.0
+    )
 
 
 def test_patch_agrees_with_label_at_one_minus_p_patch(large):
@@ -184,15 +193,21 @@ def test_config_holds_the_paper_environments(make_config):
     train = [(e.p_color, e.p_patch, e.p_label_noise, e.size) for e in data.train_envs]
     assert train == [(0.1, 0.2, 0.25, 25000), (0.2, 0.1, 0.25, 25000)]
     assert [(e.name, e.p_color, e.p_patch) for e in data.test_envs] == [
-        ("p0.1", 0.1, 0.1), ("p0.2", 0.2, 0.2), ("p0.9", 0.9, 0.9)
+        ("p0.1", 0.1, 0.1),
+        ("p0.2", 0.2, 0.2),
+        ("p0.9", 0.9, 0.9),
     ]
 
 
 def test_config_builds_through_the_cmnist_loader(make_config, monkeypatch):
     monkeypatch.setattr("metairm_pl.data.cmnist._load_mnist", lambda data_dir, allow_download: SMALL)
-    cfg = make_config(["data=cmnist_patch", "data.train_pool_size=200",
-                       "data.train_envs=[{name:a,p_color:0.1,p_patch:0.2,size:100},"
-                       "{name:b,p_color:0.2,p_patch:0.1,size:100}]"])
+    cfg = make_config(
+        [
+            "data=cmnist_patch",
+            "data.train_pool_size=200",
+            "data.train_envs=[{name:a,p_color:0.1,p_patch:0.2,size:100},{name:b,p_color:0.2,p_patch:0.1,size:100}]",
+        ]
+    )
     dm = build_datamodule(cfg)
     assert isinstance(dm, ColoredMNISTPatchDataModule) and dm.name == "cmnist_patch"
     assert dm.train_env_names == ["a", "b"] and dm.test_env_names == ["p0.1", "p0.2", "p0.9"]
@@ -216,7 +231,8 @@ def test_patch_rates_of_train_and_test_envs_with_the_same_name_are_kept_apart():
     dm = ColoredMNISTPatchDataModule(
         [{"name": "p0.1", "p_color": 0.1, "p_patch": 0.0}, {"name": "p0.2", "p_color": 0.2, "p_patch": 0.0}],
         [{"name": "p0.1", "p_color": 0.1, "p_patch": 1.0}],
-        train_pool_size=300, mnist_loader=lambda: arrays,
+        train_pool_size=300,
+        mnist_loader=lambda: arrays,
     )
     dm.setup()
     x, y = dm.splits.train["p0.1"]
@@ -229,8 +245,10 @@ def test_patch_rates_of_train_and_test_envs_with_the_same_name_are_kept_apart():
 def test_shared_validation_patches_are_coupled_across_envs():
     """Paired validation: same digits and labels; a patch "against" the label at the lower
     rate is also against it at the higher rate (one uniform draw per digit)."""
-    train = [{"name": "lo", "p_color": 0.1, "p_patch": 0.2, "size": 100},
-             {"name": "hi", "p_color": 0.2, "p_patch": 0.6, "size": 100}]
+    train = [
+        {"name": "lo", "p_color": 0.1, "p_patch": 0.2, "size": 100},
+        {"name": "hi", "p_color": 0.2, "p_patch": 0.6, "size": 100},
+    ]
     dm = built(train, TEST, val_fraction=0.4, val_pairing="shared")
     (x_lo, y_lo), (x_hi, y_hi) = dm.splits.val["lo"], dm.splits.val["hi"]
     assert torch.equal(y_lo, y_hi)

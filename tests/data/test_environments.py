@@ -278,7 +278,5 @@ def test_parse_env_specs_validates_each_entry():
 
 
 def test_parse_env_specs_accepts_mappings_and_specs():
-    specs = parse_env_specs(
-        "train_envs", [{"name": "a", "p_color": 0.1, "size": 5}, EnvSpec("b", p_color=0.2)]
-    )
+    specs = parse_env_specs("train_envs", [{"name": "a", "p_color": 0.1, "size": 5}, EnvSpec("b", p_color=0.2)])
     assert specs == [EnvSpec("a", 0.1, 0.25, 5), EnvSpec("b", 0.2, 0.25, None)]

@@ -17,11 +17,11 @@ import torch
 from metairm_pl.data import mnist_source as ms
 from metairm_pl.errors import DataCorruptedError, DataUnavailableError
 
-NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 # ---------- independent builders of the expected bytes ----------
+
 
 def images_idx(pixels: np.ndarray) -> bytes:
     return struct.pack(">iiii", 2051, pixels.shape[0], 28, 28) + pixels.astype(np.uint8).tobytes()
@@ -55,8 +55,8 @@ class SyntheticMnist:
 
     def pickled_splits(self, image_offset: float = 0.0) -> tuple:
         return tuple(
-            ((p.reshape(len(p), 784).astype(np.float32) + np.float32(image_offset)) / np.float32(256), l)
-            for p, l in zip(self.pixels, self.labels)
+            ((p.reshape(len(p), 784).astype(np.float32) + np.float32(image_offset)) / np.float32(256), labels)
+            for p, labels in zip(self.pixels, self.labels)
         )
 
 
@@ -112,6 +112,7 @@ class MarkerPayload:
 
 
 # ---------- tests ----------
+
 
 @pytest.mark.parametrize("numpy_module", ["numpy._core.multiarray", "numpy.core.multiarray"])
 def test_wheel_provisioning_writes_exact_idx_files_and_loads(tmp_path, numpy_module):

@@ -188,8 +188,13 @@ def test_training_rows_are_disjoint_across_envs_and_splits(data_dir):
     (root / "dev.tsv").write_text("sentence\tlabel\nr0 .\t1\n")
     write_glove(root / "glove.txt", names + ["!", "."])
     dm = make_dm(root)
-    seen = [w for group in (dm.splits.train, dm.splits.val) for x, _ in group.values() for row in decode(dm, x)
-            for w in row[:-1]]
+    seen = [
+        w
+        for group in (dm.splits.train, dm.splits.val)
+        for x, _ in group.values()
+        for row in decode(dm, x)
+        for w in row[:-1]
+    ]
     assert len(seen) == len(set(seen)) == 200
 
 
@@ -266,16 +271,20 @@ def test_glove_without_the_marks_is_rejected_for_the_punctuation_artifact(data_d
 
 
 def test_presets_compose_label_the_dimension_and_feed_the_bow_model(make_config, data_dir):
-    overrides = ["model=bow_mlp", f"data.data_dir={data_dir}", "data.glove_file=glove.txt", "data.embedding_dim=3",
-                 "data.p_label_noise=0"]
+    overrides = [
+        "model=bow_mlp",
+        f"data.data_dir={data_dir}",
+        "data.glove_file=glove.txt",
+        "data.embedding_dim=3",
+        "data.p_label_noise=0",
+    ]
     for data, name in (("psst2", "psst2_glove3d_eta0.0"), ("psst2_grayscale", "psst2_grayscale_glove3d_eta0.0")):
         cfg = make_config([f"data={data}"] + overrides)
         assert cfg.data.name == name
         assert {e.p_label_noise for e in cfg.data.train_envs + cfg.data.test_envs} == {0.0}
         datamodule = instantiate(cfg.data, _convert_="all")
         datamodule.setup()
-        network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=1,
-                              **datamodule.model_kwargs())
+        network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=1, **datamodule.model_kwargs())
         x, _ = datamodule.splits.test["p0.9"]
         assert network(x).shape == (N_DEV, 1)
 

@@ -132,23 +132,24 @@ def test_shapes_and_sizes():
 
 
 def test_zero_val_fraction_gives_no_validation_envs():
-    dm = SyntheticDataModule([{"name": "a", "p_color": 0.1, "size": 20}], [{"name": "t", "p_color": 0.9}],
-                             val_fraction=0.0)
+    dm = SyntheticDataModule(
+        [{"name": "a", "p_color": 0.1, "size": 20}], [{"name": "t", "p_color": 0.9}], val_fraction=0.0
+    )
     dm.setup()
     assert dm.splits.val == {}
 
 
 def test_two_features_is_the_minimum():
-    dm = SyntheticDataModule([{"name": "a", "p_color": 0.1, "size": 20}], [{"name": "t", "p_color": 0.9}],
-                             n_features=2)
+    dm = SyntheticDataModule([{"name": "a", "p_color": 0.1, "size": 20}], [{"name": "t", "p_color": 0.9}], n_features=2)
     dm.setup()
     assert dm.splits.train["a"][0].shape == (20, 2)
     with pytest.raises(ConfigError, match="n_features"):
         SyntheticDataModule([{"name": "a", "p_color": 0.1}], [{"name": "t", "p_color": 0.9}], n_features=1)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"val_fraction": -0.1}, "val_fraction"),
-                                          ({"full_batch": False}, "batch_size")])
+@pytest.mark.parametrize(
+    "kwargs,match", [({"val_fraction": -0.1}, "val_fraction"), ({"full_batch": False}, "batch_size")]
+)
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         SyntheticDataModule([{"name": "a", "p_color": 0.1}], [{"name": "t", "p_color": 0.9}], **kwargs)

@@ -60,7 +60,10 @@ def test_works_with_the_functional_meta_irm_inner_loop():
     params = dict(model.named_parameters())
     assert torch.equal(functional_call(model, params, (X,)), model(X))
     y = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    risk = lambda logits, target: torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), target)
+
+    def risk(logits, target):
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), target)
+
     adapted = adapt(model, params, X, y, risk, inner_lr=0.1)
     assert set(adapted) == set(params)
     assert all(not torch.equal(adapted[name], params[name]) for name in params)

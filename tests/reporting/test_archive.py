@@ -33,7 +33,9 @@ def test_archived_runs_report_exactly_like_the_runs(make_config, tmp_path):
     (unfinished / "results.jsonl").unlink()
     unfinished.rmdir()
     selection = get_selection("last")
-    tables = [render_markdown(build_tables(load_runs([root]), selection), selection) for root in (sweep, tmp_path / "results")]
+    tables = [
+        render_markdown(build_tables(load_runs([root]), selection), selection) for root in (sweep, tmp_path / "results")
+    ]
     assert tables[0] == tables[1]
 
     stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}

@@ -1,4 +1,4 @@
-"""``python -m metairm_pl.report``: prints and writes the tables, plots on request, and says
+"""``python -m metairm_pl.reporting``: prints and writes the tables, plots on request, and says
 clearly (exit code 2) when there is nothing to report."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from metairm_pl import report
+from metairm_pl.reporting import __main__ as report
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXPECTED = FIXTURES / "expected"
@@ -19,7 +19,7 @@ EXPECTED = FIXTURES / "expected"
 def test_empty_dir_is_one_clear_error_with_exit_code_2(tmp_path):
     (tmp_path / "empty").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "metairm_pl.report", str(tmp_path / "empty"), str(tmp_path / "nowhere")],
+        [sys.executable, "-m", "metairm_pl.reporting", str(tmp_path / "empty"), str(tmp_path / "nowhere")],
         capture_output=True,
         text=True,
         timeout=60,

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_accuracy, multiclass_accuracy
 
 from metairm_pl.algorithms.schedule import PenaltySchedule
-from metairm_pl.errors import ConfigError
+from metairm_pl.errors import ConfigError, DivergenceError
 
 EnvBatch = Mapping[str, tuple[Tensor, Tensor]]
 RNG_STATES_KEY = "rng_states"  # where checkpoints keep the random states
@@ -83,10 +83,6 @@ def restore_rng_states(states: Mapping[str, Any], generators: Optional[Mapping[s
         raise KeyError(f"checkpoint has no state for generator(s) {missing}")
     for name, generator in generators.items():
         generator.set_state(states["generators"][name])
-
-
-class DivergenceError(RuntimeError):
-    """A loss term or parameter became NaN/inf; the message names the step and the term."""
 
 
 @dataclass
@@ -178,7 +174,7 @@ class MultiEnvAlgorithm(pl.LightningModule):
         self.num_classes = num_classes
         self.l2_weight = float(l2_weight)
         if penalty is None:
-            penalty = PenaltySchedule(weight=0.0, warmup_weight=0.0)
+            penalty = PenaltySchedule()  # no penalty
         self.schedule = penalty if isinstance(penalty, PenaltySchedule) else PenaltySchedule(**dict(penalty))
         self.eval_chunk_size = eval_chunk_size
         self.risk_fn = risk_function(num_classes)
@@ -253,7 +249,10 @@ class MultiEnvAlgorithm(pl.LightningModule):
         bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
         if bad:
             values = ", ".join(f"{name}={terms[name].item()}" for name in bad)
-            raise DivergenceError(f"{self.name}: loss term(s) {bad} not finite at step {step} ({values}).")
+            raise DivergenceError(
+                f"{self.name} diverged: loss term(s) {bad} not finite at step {step} ({values}); "
+                "try a smaller learning rate or penalty weight."
+            )
 
     def _check_parameters_finite(self, step: int) -> None:
         params = [p.detach().sum() for p in self.network.parameters()]
@@ -261,7 +260,10 @@ class MultiEnvAlgorithm(pl.LightningModule):
             return
         for name, param in self.network.named_parameters():
             if not torch.isfinite(param).all():
-                raise DivergenceError(f"{self.name}: parameter {name!r} became non-finite after step {step}.")
+                raise DivergenceError(
+                    f"{self.name} diverged: parameter {name!r} became non-finite after step {step}; "
+                    "try a smaller learning rate or penalty weight."
+                )
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())

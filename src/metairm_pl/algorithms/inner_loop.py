@@ -62,9 +62,7 @@ def gaussian_dropgrad(grad: Tensor, rate: float, generator: torch.Generator | No
         return grad
     noise_std = math.sqrt(rate / (1.0 - rate))
     draw_device = generator.device if generator is not None else grad.device
-    standard_normal = torch.randn(
-        grad.shape, generator=generator, device=draw_device, dtype=grad.dtype
-    ).to(grad.device)
+    standard_normal = torch.randn(grad.shape, generator=generator, device=draw_device, dtype=grad.dtype).to(grad.device)
     return grad * (1.0 + noise_std * standard_normal)
 
 
@@ -141,9 +139,7 @@ def adapt(
 # --------------------------------------------------------------------------- meta pairs
 
 
-def _sample_others(
-    i: int, n_envs: int, n_meta_envs: int, generator: torch.Generator | None
-) -> list[int]:
+def _sample_others(i: int, n_envs: int, n_meta_envs: int, generator: torch.Generator | None) -> list[int]:
     """``n_meta_envs`` distinct envs j != i, drawn without replacement, sorted."""
     others = [j for j in range(n_envs) if j != i]
     if n_meta_envs == len(others):
@@ -184,9 +180,7 @@ def meta_pairs(
             f"n_meta_envs={n_meta_envs!r} is invalid: with {n_envs} environments it must be "
             f"None or an integer in [1, {n_envs - 1}]."
         )
-    return [
-        (i, j) for i in range(n_envs) for j in _sample_others(i, n_envs, n_meta_envs, generator)
-    ]
+    return [(i, j) for i in range(n_envs) for j in _sample_others(i, n_envs, n_meta_envs, generator)]
 
 
 # --------------------------------------------------------------------------- objective
@@ -247,8 +241,16 @@ def meta_objective(
         if i not in adapted_by_env:
             x_i, y_i = env_batches[i]
             adapted_by_env[i] = adapt(
-                model, params, x_i, y_i, risk_fn, inner_lr, inner_steps,
-                first_order, dropgrad_rate, generator,
+                model,
+                params,
+                x_i,
+                y_i,
+                risk_fn,
+                inner_lr,
+                inner_steps,
+                first_order,
+                dropgrad_rate,
+                generator,
             )
         x_j, y_j = env_batches[j]
         losses.append(risk_fn(functional_call(model, adapted_by_env[i], (x_j,)), y_j))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -19,15 +20,19 @@ class PenaltySchedule:
     needs nothing but the step.
     """
 
-    weight: float = 1.0
+    weight: float = 0.0  # the default is no penalty; the config schema takes these defaults
     anneal_steps: int = 0
     warmup_weight: float = 1.0
     rescale: bool = True
 
     def __post_init__(self) -> None:
-        if self.weight < 0 or self.warmup_weight < 0:
+        if (
+            not (math.isfinite(self.weight) and math.isfinite(self.warmup_weight))
+            or min(self.weight, self.warmup_weight) < 0
+        ):
             raise ConfigError(
-                f"penalty weights must be >= 0, got weight={self.weight}, warmup_weight={self.warmup_weight}."
+                f"algorithm.penalty.weight={self.weight}, warmup_weight={self.warmup_weight}: "
+                "penalty weights must be finite numbers >= 0."
             )
         if self.anneal_steps < 0:
             raise ConfigError(f"anneal_steps={self.anneal_steps} is not allowed: use an integer >= 0.")

@@ -26,9 +26,7 @@ from metairm_pl.errors import ConfigError
 def risk_variance(risks: Tensor) -> Tensor:
     """Unbiased variance of the per-env risks (``(R_1 − R_2)² / 2`` for two envs)."""
     if risks.numel() < 2:
-        raise ConfigError(
-            f"V-REx needs the risks of at least 2 training environments, got {risks.numel()}."
-        )
+        raise ConfigError(f"V-REx needs the risks of at least 2 training environments, got {risks.numel()}.")
     return risks.var(correction=1)
 
 

@@ -59,15 +59,13 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from metairm_pl.analysis.representations import (
-    write_figure_outputs,
-    summarize_by,
-    all_undefined,
     DEFAULT_EPSILON,
     LAST_HIDDEN,
     OUTPUT_LAYER,
     RUN_FIELDS,
     LoadedRun,
     add_common_arguments,
+    all_undefined,
     capture_activations,
     find_trained_run_dirs,
     load_runs_for_figure,
@@ -76,6 +74,8 @@ from metairm_pl.analysis.representations import (
     run_fields,
     run_label,
     safe_similarity,
+    summarize_by,
+    write_figure_outputs,
 )
 from metairm_pl.errors import ConfigError, UserError
 from metairm_pl.reporting.plots import parse_p
@@ -300,8 +300,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     summary = summarize(rows)
     return write_figure_outputs(
-        args.out, rows, summary, fig10_figure(summary),
-        (CSV_NAME, SUMMARY_NAME, PNG_NAME), (FIELDS, SUMMARY_FIELDS), ("method", "layer", "env"),
+        args.out,
+        rows,
+        summary,
+        fig10_figure(summary),
+        (CSV_NAME, SUMMARY_NAME, PNG_NAME),
+        (FIELDS, SUMMARY_FIELDS),
+        ("method", "layer", "env"),
     )
 
 

@@ -42,14 +42,12 @@ from torch import Tensor
 
 from metairm_pl.algorithms.inner_loop import adapt
 from metairm_pl.analysis.representations import (
-    write_figure_outputs,
-    summarize_by,
-    all_undefined,
     DEFAULT_EPSILON,
     OUTPUT_LAYER,
     RUN_FIELDS,
     LoadedRun,
     add_common_arguments,
+    all_undefined,
     capture_activations,
     find_trained_run_dirs,
     layer_names,
@@ -57,6 +55,8 @@ from metairm_pl.analysis.representations import (
     run_fields,
     run_label,
     safe_similarity,
+    summarize_by,
+    write_figure_outputs,
 )
 from metairm_pl.errors import ConfigError, UserError
 
@@ -246,8 +246,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     summary = summarize(rows)
     return write_figure_outputs(
-        args.out, rows, summary, fig9_figure(summary, describe_eval_data(rows)),
-        (CSV_NAME, SUMMARY_NAME, PNG_NAME), (FIELDS, SUMMARY_FIELDS), ("method", "env", "layer"),
+        args.out,
+        rows,
+        summary,
+        fig9_figure(summary, describe_eval_data(rows)),
+        (CSV_NAME, SUMMARY_NAME, PNG_NAME),
+        (FIELDS, SUMMARY_FIELDS),
+        ("method", "env", "layer"),
     )
 
 

@@ -167,9 +167,7 @@ def _weighted_correlation(result: CCAResult, directions: np.ndarray, centred: np
     return float(_projection_weights(directions, centred) @ result.correlations)
 
 
-def pwcca_similarity(
-    acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False
-) -> float:
+def pwcca_similarity(acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False) -> float:
     """PWCCA similarity in [0, 1]: canonical correlations weighted by side 1's projections.
 
     Not symmetric: the weights say how much of *side 1's* activity each canonical
@@ -188,9 +186,7 @@ def pwcca_similarity(
     return 0.5 * (forward + backward)
 
 
-def pwcca_distance(
-    acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False
-) -> float:
+def pwcca_distance(acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False) -> float:
     """``1 − pwcca_similarity(acts1, acts2, epsilon, symmetric)``."""
     return 1.0 - pwcca_similarity(acts1, acts2, epsilon=epsilon, symmetric=symmetric)
 

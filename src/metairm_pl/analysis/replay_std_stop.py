@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 
 from metairm_pl.callbacks.std_early_stopping import population_std
 from metairm_pl.errors import ConfigError
-from metairm_pl.io import read_jsonl
+from metairm_pl.files import read_jsonl
 from metairm_pl.run_dir import RESULTS_FILE, results_path
 from metairm_pl.search_objective import OBJECTIVES, search_objective
 

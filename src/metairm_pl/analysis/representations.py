@@ -11,7 +11,7 @@ Used by the appendix figures of the Meta-IRM paper (:mod:`metairm_pl.analysis.fi
 
 **Rebuilding.** Nothing is composed: ``config.yaml`` of the run dir (saved resolved by
 :func:`metairm_pl.run.train`) is read with OmegaConf, the DataModule and the algorithm are
-built with :func:`metairm_pl.run.build_datamodule` / :func:`metairm_pl.run.build_algorithm`
+built with :func:`metairm_pl.build.build_datamodule` / :func:`metairm_pl.build.build_algorithm`
 (so the data are exactly the run's: same ``data_seed``, same envs), and the network weights
 are loaded from the run's checkpoint with ``torch.load(weights_only=True)``.
 
@@ -156,7 +156,7 @@ def final_step_of(run_dir: str | Path) -> tuple[Optional[int], bool]:
         return int(json.loads(final.read_text())["step"]), True
     results = results_path(run_dir)
     if results.is_file():
-        from metairm_pl.io import read_jsonl
+        from metairm_pl.files import read_jsonl
 
         records = read_jsonl(results)
         if records:
@@ -194,7 +194,8 @@ def rebuild_run(
     run's final step. The caller's random state is left untouched (building the network
     and Meta-IRM's generator draw from the global RNG; that happens in a forked RNG).
     """
-    from metairm_pl.run import build_algorithm, build_datamodule, user_error_in
+    from metairm_pl.build import build_algorithm, build_datamodule
+    from metairm_pl.errors import user_error_in
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir, overrides)
@@ -430,7 +431,7 @@ def write_csv(path: str | Path, fields: Sequence[str], rows: Sequence[Mapping]) 
     import csv
     import io
 
-    from metairm_pl.io import atomic_write_text
+    from metairm_pl.files import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import pytorch_lightning as pl
 
-from metairm_pl.io import append_jsonl, atomic_write_text
+from metairm_pl.files import append_jsonl, atomic_write_text
 from metairm_pl.run_dir import RESULTS_FILE
 
 

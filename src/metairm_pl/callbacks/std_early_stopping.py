@@ -76,7 +76,10 @@ class StdThresholdEarlyStopping(pl.Callback):
             self.stop_step = step
             trainer.should_stop = True
             log.info(
-                "stopped at step %d: std of the training envs' validation losses %.4g < %g", step, std, self.std_threshold
+                "stopped at step %d: std of the training envs' validation losses %.4g < %g",
+                step,
+                std,
+                self.std_threshold,
             )
 
     @staticmethod

@@ -118,9 +118,7 @@ class ColoredMNISTDataModule(MultiEnvDataModule):
         if val_source not in VAL_SOURCES:
             raise ConfigError(f"data.val_source={val_source!r} is not allowed: use one of {list(VAL_SOURCES)}.")
         if val_pairing not in VAL_PAIRINGS:
-            raise ConfigError(
-                f"data.val_pairing={val_pairing!r} is not allowed: use one of {list(VAL_PAIRINGS)}."
-            )
+            raise ConfigError(f"data.val_pairing={val_pairing!r} is not allowed: use one of {list(VAL_PAIRINGS)}.")
         if val_pairing == "shared" and val_source != "heldout":
             raise ConfigError(
                 f"data.val_pairing=shared needs val_source=heldout (got {val_source!r}): split "
@@ -212,9 +210,7 @@ class ColoredMNISTDataModule(MultiEnvDataModule):
             images, digits = test_pool
             if spec.size is not None:
                 if spec.size > len(images):
-                    raise ConfigError(
-                        f"test env {spec.name}: size={spec.size} exceeds the {len(images)} test digits."
-                    )
+                    raise ConfigError(f"test env {spec.name}: size={spec.size} exceeds the {len(images)} test digits.")
                 images, digits = images[: spec.size], digits[: spec.size]
             test[spec.name] = colour_digits(images, digits, spec, self.num_classes, generator)
         return EnvironmentSplits(train=train, val=val, test=test)

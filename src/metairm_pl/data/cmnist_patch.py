@@ -91,9 +91,7 @@ class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
     ) -> None:
         """Arguments as :class:`ColoredMNISTDataModule`; every env also needs ``p_patch``."""
         if num_classes != 2:
-            raise ConfigError(
-                f"data.num_classes={num_classes!r} is not allowed for cmnist_patch: use 2 (two patches)."
-            )
+            raise ConfigError(f"data.num_classes={num_classes!r} is not allowed for cmnist_patch: use 2 (two patches).")
         super().__init__(
             train_envs=[parse_patch_env("train_envs", env) for env in train_envs or []],
             test_envs=[parse_patch_env("test_envs", env) for env in test_envs or []],

@@ -52,7 +52,9 @@ def _open_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         with opener(path, "rb") as handle:
             yield from enumerate(handle, start=1)
     except (OSError, EOFError, zlib.error) as error:
-        raise DataCorruptedError(f"GloVe file {path} cannot be read as {'gzip' if is_gzip else 'text'}: {error}.")
+        raise DataCorruptedError(
+            f"GloVe file {path} cannot be read as {'gzip' if is_gzip else 'text'}: {error}."
+        ) from error
 
 
 def _parse_line(path: Path, number: int, raw: bytes, dim: Optional[int]) -> tuple[str, np.ndarray]:
@@ -61,7 +63,7 @@ def _parse_line(path: Path, number: int, raw: bytes, dim: Optional[int]) -> tupl
     try:
         fields = raw.decode("utf-8").rstrip("\r\n").rstrip(" ").split(" ")
     except UnicodeDecodeError as error:
-        raise DataCorruptedError(f"{where}: not UTF-8 ({error}).")
+        raise DataCorruptedError(f"{where}: not UTF-8 ({error}).") from error
     found = len(fields) - 1
     if found < 1 or (dim is not None and found != dim):
         expected = f"{dim}" if dim is not None else "at least 1"

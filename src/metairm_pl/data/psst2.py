@@ -71,7 +71,7 @@ def _parse_row(path: Path, number: int, raw: bytes) -> tuple[list[str], int]:
     try:
         fields = raw.decode("utf-8").rstrip("\r\n").split("\t")
     except UnicodeDecodeError as error:
-        raise DataCorruptedError(f"{where}: not UTF-8 ({error}).")
+        raise DataCorruptedError(f"{where}: not UTF-8 ({error}).") from error
     if len(fields) != 2:
         raise DataCorruptedError(f"{where}: found {len(fields)} tab-separated field(s), expected 2 (sentence, label).")
     sentence, label = fields
@@ -111,9 +111,7 @@ def punctuate(tokens: Sequence[str], mark_id: int, trailing: Sequence[str] = DEF
     return kept + [MARKS[mark_id]]
 
 
-def draw_labels_and_marks(
-    clean_labels: Tensor, spec: EnvSpec, generator: torch.Generator
-) -> tuple[Tensor, Tensor]:
+def draw_labels_and_marks(clean_labels: Tensor, spec: EnvSpec, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """``y`` = clean label flipped w.p. ``p_label_noise``; mark id ``z`` = ``y`` flipped w.p. ``p_color``."""
     labels = flip_with_probability(clean_labels, spec.p_label_noise, 2, generator)
     marks = flip_with_probability(labels, spec.p_color, 2, generator)
@@ -169,8 +167,10 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
         self.artifact = artifact
         self.trailing_punctuation = tuple(trailing_punctuation)
         self.expected_dim = embedding_dim
-        self.files = {key: Path(data_dir) / file for key, file in
-                      (("train_file", train_file), ("dev_file", dev_file), ("glove_file", glove_file))}
+        self.files = {
+            key: Path(data_dir) / file
+            for key, file in (("train_file", train_file), ("dev_file", dev_file), ("glove_file", glove_file))
+        }
         self.table: Optional[EmbeddingTable] = None
         self.coverage: Optional[Coverage] = None
 
@@ -201,11 +201,18 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
         generator = torch.Generator().manual_seed(int(self.data_seed))
         order = torch.randperm(len(train_rows.tokens), generator=generator)
         train, val = self._build_train_envs(train_rows, order, generator)
-        test = {spec.name: self._build_env(dev_rows, self._test_rows(spec, dev_rows), spec, generator)
-                for spec in self.test_specs}
+        test = {
+            spec.name: self._build_env(dev_rows, self._test_rows(spec, dev_rows), spec, generator)
+            for spec in self.test_specs
+        }
         splits = self._pad(EnvironmentSplits(train=train, val=val, test=test))
-        log.info("PunctuatedSST-2 (GloVe %dd, artifact=%s) built in %.1f s: %s.", self.table.dim, self.artifact,
-                 time.perf_counter() - start, self._describe_sizes(splits))
+        log.info(
+            "PunctuatedSST-2 (GloVe %dd, artifact=%s) built in %.1f s: %s.",
+            self.table.dim,
+            self.artifact,
+            time.perf_counter() - start,
+            self._describe_sizes(splits),
+        )
         return splits
 
     def _load_embedding(self, corpus: list[list[str]]) -> tuple[EmbeddingTable, Coverage]:
@@ -236,8 +243,9 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
     @staticmethod
     def _check_size(spec: EnvSpec, available: int, what: str) -> int:
         if spec.size is not None and spec.size > available:
-            raise ConfigError(f"env {spec.name}: size={spec.size} exceeds the data available to it: {what} "
-                              f"give at most {available}.")
+            raise ConfigError(
+                f"env {spec.name}: size={spec.size} exceeds the data available to it: {what} give at most {available}."
+            )
         return spec.size or available
 
     def _test_rows(self, spec: EnvSpec, rows: Sentences) -> Tensor:
@@ -265,5 +273,8 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
 
     @staticmethod
     def _describe_sizes(splits: EnvironmentSplits) -> str:
-        return "; ".join(f"{kind} " + ", ".join(f"{env}={len(y)}" for env, (_, y) in group.items())
-                         for kind, group in splits.as_eval_batch().items() if group)
+        return "; ".join(
+            f"{kind} " + ", ".join(f"{env}={len(y)}" for env, (_, y) in group.items())
+            for kind, group in splits.as_eval_batch().items()
+            if group
+        )

@@ -1,4 +1,4 @@
-"""Collect run directories into paper-style tables and plots (``python -m metairm_pl.report``).
+"""Collect run directories into paper-style tables and plots (``python -m metairm_pl.reporting``).
 
 * :mod:`~metairm_pl.reporting.records` — find run dirs, load records and status;
 * :mod:`~metairm_pl.reporting.selection` — model selection as pure functions over records;

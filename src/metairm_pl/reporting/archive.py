@@ -6,7 +6,7 @@ For every run directory under each SWEEP_DIR that has ended (``done`` or ``faile
 copy at ``<to>/<path of the run dir relative to its SWEEP_DIR>/`` holds ``config.yaml``,
 ``final.json``, the end marker, ``results.jsonl.gz`` and ``csv/metrics.csv.gz``
 (:mod:`metairm_pl.run_dir`); no checkpoints, no logs.  The report reads the copy like the
-run (``python -m metairm_pl.report results/table1``).  Runs still going are skipped and
+run (``python -m metairm_pl.reporting results/table1``).  Runs still going are skipped and
 listed; an existing copy is replaced only when its source changed (gzip without a
 timestamp, so the same records give the same bytes and git sees no change).
 """
@@ -20,9 +20,17 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metairm_pl.io import atomic_write_bytes
+from metairm_pl.files import atomic_write_bytes
 from metairm_pl.reporting.records import RunStatus, find_run_dirs, run_status
-from metairm_pl.run_dir import ARCHIVED_SUFFIX, CONFIG_FILE, CSV_LOG, DONE_MARKER, FAILED_MARKER, FINAL_FILE, RESULTS_FILE
+from metairm_pl.run_dir import (
+    ARCHIVED_SUFFIX,
+    CONFIG_FILE,
+    CSV_LOG,
+    DONE_MARKER,
+    FAILED_MARKER,
+    FINAL_FILE,
+    RESULTS_FILE,
+)
 
 COPIED = (CONFIG_FILE, FINAL_FILE, DONE_MARKER, FAILED_MARKER)
 COMPRESSED = (RESULTS_FILE, CSV_LOG)
@@ -66,7 +74,9 @@ def archive(sweep_dirs: Sequence[str | os.PathLike], to: str | os.PathLike) -> t
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metairm_pl.reporting.archive", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m metairm_pl.reporting.archive", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="folders holding run directories")
     parser.add_argument("--to", required=True, help="the archive folder (e.g. results/table1)")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ from typing import Iterable, Optional, Sequence
 
 from matplotlib.figure import Figure
 
-from metairm_pl.io import atomic_write_bytes
+from metairm_pl.files import atomic_write_bytes
 from metairm_pl.reporting.records import Run, RunStatus, finite_value, metric_envs, natural_key
 from metairm_pl.reporting.selection import SelectionMethod
 from metairm_pl.reporting.tables import (

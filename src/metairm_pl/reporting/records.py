@@ -20,8 +20,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
-from metairm_pl.io import read_jsonl
-from metairm_pl.run_dir import CONFIG_FILE, DONE_MARKER, FAILED_MARKER, RESULTS_FILE, results_path
+from metairm_pl.files import read_jsonl
+from metairm_pl.run_dir import CONFIG_FILE, DONE_MARKER, FAILED_MARKER, results_path
 
 SPLITS = ("train", "val", "test")
 UNKNOWN = "unknown"

@@ -174,9 +174,7 @@ def build_tables(runs: Iterable[Run], selection: SelectionMethod) -> list[Table]
         groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
         for run in data_runs:
             groups[(run.algorithm, run.tag, run.settings)].append(run)
-        order = sorted(
-            groups, key=lambda key: (algorithm_sort_key(key[0]), natural_key(key[1]), natural_key(key[2]))
-        )
+        order = sorted(groups, key=lambda key: (algorithm_sort_key(key[0]), natural_key(key[1]), natural_key(key[2])))
         rows = tuple(
             build_row(data, alg, tag, groups[(alg, tag, settings)], columns, selection, settings)
             for alg, tag, settings in order

@@ -1,6 +1,6 @@
 """Collect finished runs into paper-style tables and plots.
 
-    python -m metairm_pl.report DIR... [--selection train_val|last|oracle] [--oracle-env p0.9]
+    python -m metairm_pl.reporting DIR... [--selection train_val|last|oracle] [--oracle-env p0.9]
                                        [--out OUTDIR] [--plots] [--wandb]
 
 Searches every DIR at any depth for run dirs (``results.jsonl``), prints the markdown
@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metairm_pl.io import atomic_write_text
-from metairm_pl.reporting.records import RESULTS_FILE, load_runs
+from metairm_pl.files import atomic_write_text
+from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, SelectionMethod, get_selection
 from metairm_pl.reporting.tables import CSV_FIELDS, Table, build_tables, csv_rows, render_csv, render_markdown
+from metairm_pl.run_dir import RESULTS_FILE
 
 EXIT_USAGE = 2
 TABLE_MD = "table.md"
@@ -31,7 +32,7 @@ TABLE_CSV = "table.csv"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m metairm_pl.report",
+        prog="python -m metairm_pl.reporting",
         description="Tables (mean ± sample std over seeds) and plots from run directories.",
     )
     parser.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched at any depth for run dirs")

@@ -1,0 +1,50 @@
+"""What a run shows on the console: a progress bar that counts steps, no third-party noise."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from pytorch_lightning.callbacks import RichProgressBar
+
+LIGHTNING_INFO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, labelled with the step budget.
+
+    Training here is step-based (the full-batch loader never ends an epoch, ``max_epochs``
+    is -1), so Lightning's own label reads ``Epoch 0/-2``.  Overrides a private hook of
+    Lightning 2.6 (``_get_train_description``); pyproject.toml bounds the version.
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"step (of {self.trainer.max_steps})"
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+_quieted = False
+
+
+def quiet_third_party() -> None:
+    """Hide what does not concern this project's users: Lightning's advertisement for its
+    cloud logger, its TPU line and its "`Trainer.fit` stopped: `max_steps` reached" (the run
+    prints its own summary), and the ``LeafSpec`` deprecation warning its pytree helper
+    raises under torch 2.14."""
+    global _quieted
+    if _quieted:
+        return
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(
+        _DropMessages("litlogger", "TPU available", "`Trainer.fit` stopped: `max_steps=")
+    )
+    _quieted = True
