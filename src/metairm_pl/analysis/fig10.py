@@ -58,25 +58,20 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from metairm_pl.analysis.representations import (
-    DEFAULT_EPSILON,
-    LAST_HIDDEN,
-    OUTPUT_LAYER,
+from metairm_pl.analysis.activations import LAST_HIDDEN, OUTPUT_LAYER, capture_activations, resolve_layer
+from metairm_pl.analysis.figure_cli import (
     RUN_FIELDS,
-    LoadedRun,
     add_common_arguments,
     all_undefined,
-    capture_activations,
     find_trained_run_dirs,
     load_runs_for_figure,
-    read_run_config,
-    resolve_layer,
     run_fields,
     run_label,
-    safe_similarity,
     summarize_by,
     write_figure_outputs,
 )
+from metairm_pl.analysis.similarity import DEFAULT_EPSILON, safe_similarity
+from metairm_pl.analysis.trained_run import LoadedRun, read_run_config
 from metairm_pl.errors import ConfigError, UserError
 from metairm_pl.reporting.plots import parse_p
 

@@ -22,7 +22,7 @@ evaluation set that is not the adaptation data:
 The paper measures Meta-IRM trained *without the std loss* (``algorithm=meta_irm_no_std``),
 "just before the training is converged"; it finds layers 1 and 2 ≈ 1 and the classifier
 lower. The weights are those of the run's last checkpoint (see
-:mod:`metairm_pl.analysis.representations`).
+:mod:`metairm_pl.analysis.trained_run`).
 
 Writes ``fig9.csv`` (one row per run, env, layer: ``pwcca``; NaN with a ``note`` where
 PWCCA is undefined, e.g. a constant layer), ``fig9_summary.csv`` (mean, sample std, n
@@ -41,23 +41,20 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from metairm_pl.algorithms.inner_loop import adapt
-from metairm_pl.analysis.representations import (
-    DEFAULT_EPSILON,
-    OUTPUT_LAYER,
+from metairm_pl.analysis.activations import OUTPUT_LAYER, capture_activations, layer_names
+from metairm_pl.analysis.figure_cli import (
     RUN_FIELDS,
-    LoadedRun,
     add_common_arguments,
     all_undefined,
-    capture_activations,
     find_trained_run_dirs,
-    layer_names,
     load_runs_for_figure,
     run_fields,
     run_label,
-    safe_similarity,
     summarize_by,
     write_figure_outputs,
 )
+from metairm_pl.analysis.similarity import DEFAULT_EPSILON, safe_similarity
+from metairm_pl.analysis.trained_run import LoadedRun
 from metairm_pl.errors import ConfigError, UserError
 
 EXIT_USAGE = 2

@@ -10,7 +10,8 @@ import logging
 import sys
 import time
 
-from metairm_pl.data.mnist_source import RAW_FILE_NAMES, file_md5, load_mnist, raw_dir_for
+from metairm_pl.data.mnist_files import RAW_FILE_NAMES, file_md5, raw_dir_for
+from metairm_pl.data.mnist_source import load_mnist
 from metairm_pl.errors import UserError
 
 

@@ -16,14 +16,9 @@ import pytest
 import torch
 
 from metairm_pl.analysis import fig9, fig10
-from metairm_pl.analysis.representations import (
-    CheckpointStepWarning,
-    capture_activations,
-    layer_names,
-    rebuild_run,
-    representation_similarity,
-    resolve_layer,
-)
+from metairm_pl.analysis.activations import capture_activations, layer_names, resolve_layer
+from metairm_pl.analysis.similarity import representation_similarity
+from metairm_pl.analysis.trained_run import CheckpointStepWarning, rebuild_run
 from metairm_pl.errors import ConfigError
 from metairm_pl.run import train
 
