@@ -218,3 +218,92 @@ def test_bad_epsilon_raises_config_error(epsilon):
     x = gaussian(2, 50, seed=34)
     with pytest.raises(ConfigError, match="epsilon="):
         cca(x, x, epsilon=epsilon)
+
+
+# --------------------------------------------------------------------------- method="svcca"
+
+
+def released_compute_pwcca(acts1: np.ndarray, acts2: np.ndarray, epsilon: float = 0.0) -> float:
+    """google/svcca's compute_pwcca, step by step from its definition (cca_core.get_cca_similarity
+    with compute_coefs, then the projection weighting), for inputs where the released code
+    runs: no neuron cut, and side 1 no wider than side 2 (its first branch)."""
+    n1 = acts1.shape[0]
+    covariance = np.cov(np.vstack([acts1, acts2]))
+    sxx, sxy, syy = covariance[:n1, :n1].copy(), covariance[:n1, n1:].copy(), covariance[n1:, n1:].copy()
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / np.sqrt(xmax * ymax)
+    assert (np.abs(np.diag(sxx)) >= epsilon).all() and (np.abs(np.diag(syy)) >= epsilon).all()
+    sxx += epsilon * np.eye(len(sxx))
+    syy += epsilon * np.eye(len(syy))
+
+    def matrix_sqrt(a):
+        w, v = np.linalg.eigh(a)
+        return v @ np.diag(np.sqrt(w)) @ v.conj().T
+
+    invsqrt_xx, invsqrt_yy = matrix_sqrt(np.linalg.pinv(sxx)), matrix_sqrt(np.linalg.pinv(syy))
+    u, s, _ = np.linalg.svd(invsqrt_xx @ sxy @ invsqrt_yy)
+    assert acts1.shape[0] <= acts2.shape[0]
+    means = acts1.mean(axis=1, keepdims=True)
+    dirns = u.T @ (acts1 - means) + means
+    p, _ = np.linalg.qr(dirns.T)
+    weights = np.sum(np.abs(p.T @ acts1.T), axis=1)
+    return float(np.sum(weights / weights.sum() * np.abs(s)))
+
+
+def random_layers(seed: int, width1: int, width2: int, datapoints: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Two ReLU layers of one random network on the same inputs (correlated, not identical)."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(6, datapoints))
+    first = np.maximum(rng.normal(size=(width1, 6)) @ inputs + 0.3, 0.0)
+    second = np.maximum(rng.normal(size=(width2, width1)) @ first + rng.normal(size=(width2, datapoints)), 0.0)
+    return first, second
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1e-6])
+def test_svcca_method_matches_the_released_code_on_equal_and_unequal_widths(epsilon):
+    """Largest |ours − released| over 12 random pairs (widths 5/5, 5/12, 3/20, 12/12): <= 1e-6
+    (measured when written: about 1e-15)."""
+    differences = []
+    for seed in range(3):
+        for width1, width2 in ((5, 5), (5, 12), (3, 20), (12, 12)):
+            acts1, acts2 = random_layers(seed, width1, width2)
+            ours = pwcca_similarity(acts1, acts2, epsilon=epsilon, method="svcca")
+            differences.append(abs(ours - released_compute_pwcca(acts1, acts2, epsilon)))
+    assert max(differences) <= 1e-6, max(differences)
+
+
+def test_svcca_method_weights_the_narrower_side_in_both_orientations():
+    acts1, acts2 = random_layers(7, 4, 15)
+    forward = pwcca_similarity(acts1, acts2, method="svcca")
+    assert pwcca_similarity(acts2, acts1, method="svcca") == pytest.approx(forward, abs=1e-12)
+    assert forward == pytest.approx(released_compute_pwcca(acts1, acts2), abs=1e-9)
+    # the textbook variant weights side 1, so it depends on the order, and differs from the code's
+    textbook = [pwcca_similarity(acts1, acts2, epsilon=0.0), pwcca_similarity(acts2, acts1, epsilon=0.0)]
+    assert abs(textbook[0] - textbook[1]) > 1e-3
+    assert min(abs(t - forward) for t in textbook) > 1e-4
+
+
+def test_svcca_method_known_answers():
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(4, 200))
+    assert pwcca_similarity(acts, acts, method="svcca") == pytest.approx(1.0, abs=1e-9)
+    x = rng.normal(size=(1, 300))
+    y = 0.6 * x + 0.8 * rng.normal(size=(1, 300))
+    pearson = abs(np.corrcoef(x[0], y[0])[0, 1])  # one neuron each: PWCCA = |Pearson r|
+    assert pwcca_similarity(x, y, method="svcca") == pytest.approx(pearson, abs=1e-9)
+    assert pwcca_similarity(y, x, method="svcca") == pytest.approx(pearson, abs=1e-9)
+
+
+def test_svcca_method_drops_dead_neurons_where_the_released_code_would_fail():
+    acts1, acts2 = random_layers(3, 5, 9)
+    with_dead = np.vstack([acts1, np.zeros((2, acts1.shape[1]))])  # two dead ReLUs
+    assert pwcca_similarity(with_dead, acts2, epsilon=1e-6, method="svcca") == pytest.approx(
+        pwcca_similarity(acts1, acts2, epsilon=1e-6, method="svcca"), abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("bad", [{"method": "cka"}, {"method": "svcca", "epsilon": 1.5}])
+def test_unknown_method_or_bad_epsilon_is_named(bad):
+    acts1, acts2 = random_layers(0, 3, 3)
+    with pytest.raises(ConfigError, match="method|epsilon"):
+        pwcca_similarity(acts1, acts2, **bad)

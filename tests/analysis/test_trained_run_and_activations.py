@@ -124,8 +124,10 @@ def test_one_neuron_representations_compare_by_absolute_correlation():
     other = -0.5 * logits + 0.3 * torch.randn(1, 200, generator=generator)
     correlation = np.corrcoef(logits.double().numpy()[0], other.double().numpy()[0])[0, 1]
     assert representation_similarity(logits, other) == pytest.approx(abs(correlation), abs=1e-9)
-    with pytest.raises(ConfigError, match="rank 0"):
-        representation_similarity(logits, torch.zeros(1, 200))
+    assert representation_similarity(logits, other, method="textbook") == pytest.approx(abs(correlation), abs=1e-9)
+    for method in ("svcca", "textbook"):
+        with pytest.raises(ConfigError, match="no neuron that varies"):
+            representation_similarity(logits, torch.zeros(1, 200), method=method)
 
 
 def test_missing_checkpoint_and_preferred_final_checkpoint(make_config, meta_irm_run):
@@ -212,7 +214,7 @@ def test_fig10_cli_compares_matched_test_envs(make_config, fake_mnist, tmp_path,
         assert row["reference"] == "p0.1" and row["datapoints"] == "100" and row["note"] == ""
         assert float(row["p_e"]) == float(row["env"][1:4])
         if row["env"] == "p0.1":
-            assert float(row["pwcca"]) == pytest.approx(1.0, abs=1e-9)
+            assert float(row["pwcca"]) == pytest.approx(1.0, abs=1e-8)  # svcca's 1e-10 ridge: 1 - ~3e-9
         if row["control"] == "1":  # same digits and p_e, other colours: below 1
             assert 0.0 <= float(row["pwcca"]) < 0.999
 

@@ -70,7 +70,7 @@ from metairm_pl.analysis.figure_cli import (
     summarize_by,
     write_figure_outputs,
 )
-from metairm_pl.analysis.similarity import DEFAULT_EPSILON, safe_similarity
+from metairm_pl.analysis.similarity import DEFAULT_EPSILON, DEFAULT_METHOD, safe_similarity
 from metairm_pl.analysis.trained_run import LoadedRun, read_run_config
 from metairm_pl.errors import ConfigError, UserError
 from metairm_pl.reporting.plots import parse_p
@@ -148,8 +148,9 @@ def fig10_rows(
     run: LoadedRun,
     layer: str = AUTO_LAYER,
     reference: str = DEFAULT_REFERENCE,
-    epsilon: float = DEFAULT_EPSILON,
+    epsilon: Optional[float] = DEFAULT_EPSILON,
     symmetric: bool = False,
+    pwcca_method: str = DEFAULT_METHOD,
 ) -> list[dict]:
     """One row per p-named test env: PWCCA(representation on ``reference``, on the env);
     plus a ``control`` row for the redraw env ``<reference>_redraw`` if the data has it."""
@@ -172,7 +173,9 @@ def fig10_rows(
     }
     rows = []
     for p, name in envs:
-        similarity, note = safe_similarity(representations[reference], representations[name], epsilon, symmetric)
+        similarity, note = safe_similarity(
+            representations[reference], representations[name], epsilon, symmetric, pwcca_method
+        )
         rows.append(
             {
                 **run_fields(run),
@@ -286,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.no_control:
                 overrides += control_override(run_dir, args.reference, overrides)
             (run,) = load_runs_for_figure([run_dir], data_dir=args.data_dir, overrides=overrides)
-            rows += fig10_rows(run, args.layer, args.reference, args.epsilon, args.symmetric)
+            rows += fig10_rows(run, args.layer, args.reference, args.epsilon, args.symmetric, args.pwcca)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -53,7 +53,7 @@ from metairm_pl.analysis.figure_cli import (
     summarize_by,
     write_figure_outputs,
 )
-from metairm_pl.analysis.similarity import DEFAULT_EPSILON, safe_similarity
+from metairm_pl.analysis.similarity import DEFAULT_EPSILON, DEFAULT_METHOD, safe_similarity
 from metairm_pl.analysis.trained_run import LoadedRun
 from metairm_pl.errors import ConfigError, UserError
 
@@ -118,10 +118,11 @@ def evaluation_set(run: LoadedRun, eval_data: str, env: str) -> tuple[str, Tenso
 def fig9_rows(
     run: LoadedRun,
     eval_data: str = "val",
-    epsilon: float = DEFAULT_EPSILON,
+    epsilon: Optional[float] = DEFAULT_EPSILON,
     symmetric: bool = False,
     inner_lr: Optional[float] = None,
     inner_steps: Optional[int] = None,
+    pwcca_method: str = DEFAULT_METHOD,
 ) -> list[dict]:
     """One row per training env and layer: PWCCA(θ, θ'_i) on the evaluation set."""
     lr, steps = inner_hyperparameters(run, inner_lr, inner_steps)
@@ -131,7 +132,7 @@ def fig9_rows(
         before = capture_activations(run.network, x)
         after = capture_activations(run.network, x, params=adapted_parameters(run, env, lr, steps))
         for layer in layer_names(run.network):
-            similarity, note = safe_similarity(before[layer], after[layer], epsilon, symmetric)
+            similarity, note = safe_similarity(before[layer], after[layer], epsilon, symmetric, pwcca_method)
             rows.append(
                 {
                     **run_fields(run),
@@ -234,7 +235,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs = load_runs_for_figure(find_trained_run_dirs(args.runs), data_dir=args.data_dir, overrides=args.override)
         rows = []
         for run in runs:
-            rows += fig9_rows(run, args.eval_data, args.epsilon, args.symmetric, args.inner_lr, args.inner_steps)
+            rows += fig9_rows(
+                run, args.eval_data, args.epsilon, args.symmetric, args.inner_lr, args.inner_steps, args.pwcca
+            )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from metairm_pl.analysis.similarity import DEFAULT_EPSILON
+from metairm_pl.analysis.similarity import DEFAULT_EPSILON, DEFAULT_METHOD, METHODS
 from metairm_pl.analysis.trained_run import CheckpointStepWarning, LoadedRun, rebuild_run
 from metairm_pl.errors import ConfigError
 from metairm_pl.run_dir import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT
@@ -154,7 +154,7 @@ def check_epsilon_argument(value: str) -> float:
 
 
 def add_common_arguments(parser) -> None:
-    """Run dirs, ``--out``, ``--epsilon``, ``--symmetric``, ``--data-dir``, ``--override`` of the figure commands."""
+    """Run dirs, ``--out``, ``--epsilon``, ``--pwcca``, ``--symmetric``, ``--data-dir``, ``--override``."""
     parser.add_argument(
         "runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders searched for run dirs with a checkpoint"
     )
@@ -163,7 +163,14 @@ def add_common_arguments(parser) -> None:
         "--epsilon",
         type=check_epsilon_argument,
         default=DEFAULT_EPSILON,
-        help=f"PWCCA relative singular-value cutoff (default {DEFAULT_EPSILON:g}, right for float32 activations)",
+        help="PWCCA cutoff for float32 activations (default: 1e-10 for svcca, a variance cutoff and ridge; "
+        "1e-6 for textbook, a relative singular-value cutoff)",
+    )
+    parser.add_argument(
+        "--pwcca",
+        choices=METHODS,
+        default=DEFAULT_METHOD,
+        help="PWCCA as the authors' released code computes it (svcca, default) or the textbook definition",
     )
     parser.add_argument(
         "--symmetric", action="store_true", help="average the PWCCA weights of both sides (default: the reference side)"

@@ -8,11 +8,15 @@ input, the same inputs (same order) on both sides. Everything is computed in flo
 
 * ``cca``               canonical correlations and canonical variates of the two sides.
 * ``pwcca_similarity``  Σ_i α_i ρ_i, where α_i is how much side 1's neurons project on
-                        canonical variate i (normalised to sum to 1).
+                        canonical variate i (normalised to sum to 1): the textbook
+                        definition (``method="textbook"``), or ``method="svcca"``, below.
+* ``pwcca_svcca``       PWCCA as the authors' released code computes it (google/svcca,
+                        ``compute_pwcca`` over ``cca_core.get_cca_similarity``), which the
+                        Meta-IRM paper's Figs. 9/10 used.
 * ``pwcca_distance``    1 − similarity.
 
-The weights come from side 1 only, so ``pwcca_similarity(a, b) != pwcca_similarity(b, a)``
-in general; ``symmetric=True`` averages the two directions.
+The textbook weights come from side 1 only, so ``pwcca_similarity(a, b) !=
+pwcca_similarity(b, a)`` in general; ``symmetric=True`` averages the two directions.
 """
 
 from __future__ import annotations
@@ -167,8 +171,83 @@ def _weighted_correlation(result: CCAResult, directions: np.ndarray, centred: np
     return float(_projection_weights(directions, centred) @ result.correlations)
 
 
-def pwcca_similarity(acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False) -> float:
+PWCCA_METHODS = ("textbook", "svcca")
+
+
+def pwcca_svcca(acts1: object, acts2: object, epsilon: float = 0.0) -> float:
+    """PWCCA computed as google/svcca's ``compute_pwcca(acts1, acts2, epsilon)`` does.
+
+    Differences from the textbook :func:`pwcca_similarity`, all taken from that code:
+
+    * the covariances (``np.cov``, ddof 1) are rescaled by the largest absolute entry of each
+      side's covariance; a neuron is kept when its rescaled variance is ``>= epsilon``, and
+      ``epsilon`` is added to the kept diagonals before ``pinv`` and an eigendecomposition
+      square root whiten them (so ``epsilon`` is an absolute cutoff and a ridge, not the
+      relative singular-value cutoff of :func:`cca`);
+    * the weighted side is the one with fewer kept neurons (side 1 on a tie);
+    * the directions projected onto are the un-whitened coefficients (the SVD's left singular
+      vectors) applied to the centred activations, with the neuron means added back,
+      orthonormalised by a QR decomposition, and the weights are the absolute projections of
+      the *uncentred* activations.
+
+    The released code runs correctly only in its first branch (side 1 no wider than side 2;
+    its second branch reads ``acts1`` where it means ``acts2``, and raises for unequal
+    widths), and only when no neuron is cut (it subtracts the means of all neurons from the
+    kept ones).  Here the two sides are swapped when side 2 is the narrower one, so the first
+    branch always applies and the value does not depend on the argument order (the second
+    branch, even as intended, would not give the same number: the added-back means make the
+    directions depend on the SVD's sign choices), and the means of the kept neurons are used,
+    which agrees with the released code whenever it runs.  Negative round-off eigenvalues of
+    the inverse covariance are set to 0 before the square root (the code would give NaN).
+    """
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon < 1.0:
+        raise ConfigError(f"epsilon={epsilon!r} is invalid: for method='svcca' it must lie in [0, 1) (default 0).")
+    matrix1, matrix2 = _as_matrix(acts1, "acts1"), _as_matrix(acts2, "acts2")
+    _check_same_datapoints(matrix1, matrix2)
+    for name, matrix in (("acts1", matrix1), ("acts2", matrix2)):
+        if matrix.shape[0] >= matrix.shape[1]:
+            raise ConfigError(f"{name} has shape {matrix.shape}: method='svcca' needs fewer neurons than datapoints.")
+    keep1, keep2 = _kept_neurons(matrix1, epsilon), _kept_neurons(matrix2, epsilon)
+    if keep1.sum() > keep2.sum():  # weight the narrower side, through the released first branch
+        matrix1, matrix2, keep1, keep2 = matrix2, matrix1, keep2, keep1
+    n1 = matrix1.shape[0]
+    covariance = np.cov(matrix1, matrix2)
+    sigma11, sigma12, sigma22 = covariance[:n1, :n1], covariance[:n1, n1:], covariance[n1:, n1:]
+    scale1, scale2 = np.abs(sigma11).max(), np.abs(sigma22).max()
+    sigma11, sigma22, sigma12 = sigma11 / scale1, sigma22 / scale2, sigma12 / np.sqrt(scale1 * scale2)
+    whiten1 = _inverse_sqrt(sigma11[np.ix_(keep1, keep1)] + epsilon * np.eye(keep1.sum()))
+    whiten2 = _inverse_sqrt(sigma22[np.ix_(keep2, keep2)] + epsilon * np.eye(keep2.sum()))
+    left, correlations, _ = np.linalg.svd(whiten1 @ sigma12[np.ix_(keep1, keep2)] @ whiten2)
+    kept = matrix1[keep1]
+    means = kept.mean(axis=1, keepdims=True)
+    directions = left.T @ (kept - means) + means
+    basis, _ = np.linalg.qr(directions.T)
+    weights = np.abs(basis.T @ kept.T).sum(axis=1)
+    return float((weights / weights.sum()) @ np.abs(correlations))
+
+
+def _kept_neurons(matrix: np.ndarray, epsilon: float) -> np.ndarray:
+    """The released code's cut: variance over the side's largest covariance entry (a variance)
+    ``>= epsilon``.  A side where no neuron varies is an error (PWCCA is undefined)."""
+    variances = matrix.var(axis=1, ddof=1)
+    if variances.max() == 0.0:
+        raise ConfigError("a side has no neuron that varies over the datapoints: PWCCA is undefined.")
+    return variances / variances.max() >= epsilon
+
+
+def _inverse_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """(pinv(matrix))^(1/2) through a symmetric eigendecomposition."""
+    eigenvalues, eigenvectors = np.linalg.eigh(np.linalg.pinv(matrix))
+    return eigenvectors @ np.diag(np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def pwcca_similarity(
+    acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False, method: str = "textbook"
+) -> float:
     """PWCCA similarity in [0, 1]: canonical correlations weighted by side 1's projections.
+
+    ``method="svcca"`` computes it as the authors' released code does instead
+    (:func:`pwcca_svcca`; ``symmetric`` does not apply, the code picks its side itself).
 
     Not symmetric: the weights say how much of *side 1's* activity each canonical
     direction accounts for, so swapping the arguments can change the value.
@@ -177,6 +256,10 @@ def pwcca_similarity(acts1: object, acts2: object, epsilon: float = 1e-10, symme
     SVD picks; real activations practically never tie (except all-1, which gives 1).
     See ``cca`` for ``epsilon`` and the input checks.
     """
+    if method not in PWCCA_METHODS:
+        raise ConfigError(f"method={method!r} is not known: allowed PWCCA methods are {list(PWCCA_METHODS)}.")
+    if method == "svcca":
+        return pwcca_svcca(acts1, acts2, epsilon=epsilon)
     centred1, centred2 = _validated_centred(acts1, acts2, epsilon)
     result = _cca_centred(centred1, centred2, epsilon)
     forward = _weighted_correlation(result, result.directions1, centred1)
@@ -186,9 +269,11 @@ def pwcca_similarity(acts1: object, acts2: object, epsilon: float = 1e-10, symme
     return 0.5 * (forward + backward)
 
 
-def pwcca_distance(acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False) -> float:
-    """``1 − pwcca_similarity(acts1, acts2, epsilon, symmetric)``."""
-    return 1.0 - pwcca_similarity(acts1, acts2, epsilon=epsilon, symmetric=symmetric)
+def pwcca_distance(
+    acts1: object, acts2: object, epsilon: float = 1e-10, symmetric: bool = False, method: str = "textbook"
+) -> float:
+    """``1 − pwcca_similarity(acts1, acts2, epsilon, symmetric, method)``."""
+    return 1.0 - pwcca_similarity(acts1, acts2, epsilon=epsilon, symmetric=symmetric, method=method)
 
 
-__all__ = ["CCAResult", "cca", "pwcca_distance", "pwcca_similarity"]
+__all__ = ["PWCCA_METHODS", "CCAResult", "cca", "pwcca_distance", "pwcca_similarity", "pwcca_svcca"]
