@@ -35,6 +35,7 @@ class ColoredMNISTConfig:
     val_fraction: float = 0.1
     val_source: str = "heldout"
     val_pairing: str = "shared"
+    test_pairing: str = "independent"
     data_seed: int = "${data_seed}"  # type: ignore[assignment]
     full_batch: bool = True
     batch_size: Optional[int] = None

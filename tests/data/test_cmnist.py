@@ -569,3 +569,41 @@ def test_shared_validation_needs_only_the_largest_val_set_of_heldout_digits():
 def test_bad_val_pairing_raises(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         make_dm(**kwargs)
+
+
+# --------------------------------------------------------------------------- paired test envs (Fig. 10)
+
+
+def make_pe_sweep_dm(test_pairing, sizes=(None, None, 40)):
+    train_envs = [{"name": "p0.2", "p_color": 0.2, "size": 100}, {"name": "p0.1", "p_color": 0.1, "size": 100}]
+    test_envs = [
+        {"name": f"p{p}", "p_color": p, "p_label_noise": 0.25, "size": size} for p, size in zip((0.1, 0.5, 0.9), sizes)
+    ]
+    dm = ColoredMNISTDataModule(
+        train_envs, test_envs, train_pool_size=POOL, mnist_loader=lambda: ARRAYS, test_pairing=test_pairing
+    )
+    dm.setup()
+    return dm
+
+
+def test_paired_test_envs_share_digits_and_labels_and_differ_only_in_colour():
+    dm = make_pe_sweep_dm("shared")
+    (x1, y1), (x5, y5), (x9, y9) = (dm.splits.test[name] for name in ("p0.1", "p0.5", "p0.9"))
+    assert rows(x1, "train") == rows(x5, "train") and rows(x9, "train") == rows(x1, "train")[:40]
+    assert torch.equal(y1, y5) and torch.equal(y9, y1[:40])  # the same label noise
+    assert torch.equal(x1.sum(1), x5.sum(1))  # the same grey digits
+    against = [colour_of(x) != y for x, y in ((x1, y1), (x5, y5))]
+    assert torch.all(against[1] | ~against[0])  # coupled: against at 0.1 implies against at 0.5
+    assert against[0].float().mean() < against[1].float().mean()
+
+
+def test_paired_test_envs_leave_train_and_validation_unchanged_and_keep_the_default_protocol():
+    independent, shared = make_pe_sweep_dm("independent"), make_pe_sweep_dm("shared")
+    for split in ("train", "val"):
+        a, b = getattr(independent.splits, split), getattr(shared.splits, split)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[n][0], b[n][0]) and torch.equal(a[n][1], b[n][1]) for n in a)
+    # independent (the IRM protocol's default): each test env draws its own label noise
+    assert not torch.equal(independent.splits.test["p0.1"][1], independent.splits.test["p0.5"][1])
+    with pytest.raises(ConfigError, match="test_pairing='paired'.*independent"):
+        make_pe_sweep_dm("paired")

@@ -255,3 +255,20 @@ def test_shared_validation_patches_are_coupled_across_envs():
     against_lo, against_hi = patch_ids(x_lo) != y_lo, patch_ids(x_hi) != y_hi
     assert torch.all(~against_lo | against_hi)
     assert against_hi.sum() > against_lo.sum()
+
+
+def test_paired_test_envs_couple_colour_and_patch_and_leave_train_unchanged():
+    train = [
+        {"name": "a", "p_color": 0.1, "p_patch": 0.2, "size": 100},
+        {"name": "b", "p_color": 0.2, "p_patch": 0.1, "size": 100},
+    ]
+    test = [{"name": "lo", "p_color": 0.1, "p_patch": 0.2}, {"name": "hi", "p_color": 0.9, "p_patch": 0.8}]
+    paired, independent = built(train, test, test_pairing="shared"), built(train, test)
+    (x_lo, y_lo), (x_hi, y_hi) = paired.splits.test["lo"], paired.splits.test["hi"]
+    assert torch.equal(y_lo, y_hi)
+    for read in (patch_ids, colours):
+        against_lo, against_hi = read(x_lo) != y_lo, read(x_hi) != y_hi
+        assert torch.all(~against_lo | against_hi) and against_hi.sum() > against_lo.sum()
+    for name in train:
+        a, b = independent.splits.train[name["name"]], paired.splits.train[name["name"]]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -20,6 +20,12 @@ Splits, as in facebookresearch/InvariantRiskMinimization:
   validation losses (Meta-IRM's stopping signal) measures the use of colour rather than
   the sampling noise of two disjoint sets (≈0.006 with 2,500 digits per env).
 
+``test_pairing="shared"`` builds every test env from the same test digits (the first
+``max(size)`` of the test pool) with common random numbers for label noise and colour,
+from a generator of its own, so test envs differ only where their colour rates differ and
+a comparison across them (Fig. 10's PWCCA) sees the same datapoints; the default
+``"independent"`` draws each test env's noise and colour on its own, as the IRM protocol.
+
 Knobs of the paper's experiments: ``train_env_size`` sets every training env's size
 (reduced data, Table 3: 25,000 / 12,500 / 6,250) and ``label_noise_gap`` spreads the
 training envs' label noise (Fig. 4).
@@ -48,7 +54,9 @@ from metairm_pl.errors import ConfigError
 TRAIN_POOL_SIZE = 50_000
 VAL_SOURCES = ("heldout", "split")
 VAL_PAIRINGS = ("independent", "shared")
+TEST_PAIRINGS = ("independent", "shared")
 SHARED_VAL_SEED_OFFSET = 7_919  # shared validation draws: generator seeded data_seed + this
+SHARED_TEST_SEED_OFFSET = 104_729  # shared test draws: generator seeded data_seed + this
 
 
 def with_size(specs: list[EnvSpec], size: Optional[int]) -> list[EnvSpec]:
@@ -97,6 +105,7 @@ class ColoredMNISTDataModule(MultiEnvDataModule):
         val_fraction: float = 0.1,
         val_source: str = "heldout",
         val_pairing: str = "shared",
+        test_pairing: str = "independent",
         data_seed: int = 0,
         full_batch: bool = True,
         batch_size: Optional[int] = None,
@@ -125,6 +134,9 @@ class ColoredMNISTDataModule(MultiEnvDataModule):
                 "validation sets come from each env's own digits and cannot be shared; set "
                 "data.val_pairing=independent."
             )
+        if test_pairing not in TEST_PAIRINGS:
+            raise ConfigError(f"data.test_pairing={test_pairing!r} is not allowed: use one of {list(TEST_PAIRINGS)}.")
+        self.test_pairing = test_pairing
         self._num_classes = num_classes
         self.val_fraction = float(val_fraction)
         self.val_source = val_source
@@ -205,15 +217,28 @@ class ColoredMNISTDataModule(MultiEnvDataModule):
         if self.val_pairing == "shared":
             val = self._shared_validation(heldout_images, heldout_digits, share)
 
-        test = {}
         for spec in self.test_specs:
-            images, digits = test_pool
-            if spec.size is not None:
-                if spec.size > len(images):
-                    raise ConfigError(f"test env {spec.name}: size={spec.size} exceeds the {len(images)} test digits.")
-                images, digits = images[: spec.size], digits[: spec.size]
-            test[spec.name] = colour_digits(images, digits, spec, self.num_classes, generator)
+            if spec.size is not None and spec.size > len(test_pool[0]):
+                raise ConfigError(
+                    f"test env {spec.name}: size={spec.size} exceeds the {len(test_pool[0])} test digits."
+                )
+        if self.test_pairing == "shared":
+            test = self._shared_test(*test_pool)
+        else:
+            test = {}
+            for spec in self.test_specs:
+                images, digits = test_pool
+                images, digits = images[: spec.size], digits[: spec.size]  # size None: all
+                test[spec.name] = colour_digits(images, digits, spec, self.num_classes, generator)
         return EnvironmentSplits(train=train, val=val, test=test)
+
+    def _shared_test(self, images, digits) -> dict:
+        """Test envs on the same digits with coupled draws (``test_pairing=shared``)."""
+        sizes = {spec.name: spec.size or len(images) for spec in self.test_specs}
+        n = max(sizes.values(), default=0)
+        generator = torch.Generator().manual_seed(int(self.data_seed) + SHARED_TEST_SEED_OFFSET)
+        built = colour_digits_coupled(images[:n], digits[:n], self.test_specs, self.num_classes, generator)
+        return {name: (x[: sizes[name]], y[: sizes[name]]) for name, (x, y) in built.items()}
 
     def _shared_validation(self, heldout_images, heldout_digits, share: int) -> dict:
         """Validation envs on the same held-out digits with coupled draws (``val_pairing=shared``)."""

@@ -106,21 +106,23 @@ class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
         # Train and test envs may share a name: look rates up within each side separately.
         train_rates = {spec.name: spec.p_patch for spec in self.train_specs}
         test_rates = {spec.name: spec.p_patch for spec in self.test_specs}
+        paired = {id(splits.val): self.val_pairing == "shared", id(splits.test): self.test_pairing == "shared"}
         for envs, rates in ((splits.train, train_rates), (splits.val, train_rates), (splits.test, test_rates)):
-            if envs is splits.val and self.val_pairing == "shared":
-                self._patch_shared_validation(splits.val, train_rates, generator)
+            if paired.get(id(envs)):
+                self._patch_paired(envs, rates, generator)
                 continue
             for name, (x, y) in envs.items():
                 envs[name] = (patch_environment(x, y, rates[name], generator), y)
         return splits
 
     @staticmethod
-    def _patch_shared_validation(val: dict, rates: dict, generator: torch.Generator) -> None:
-        """Patch the paired validation envs with one shared uniform draw per digit (common
-        random numbers, as their colours): env e flips the patch id where ``u < p_patch_e``."""
-        if not val:
+    def _patch_paired(envs: dict, rates: dict, generator: torch.Generator) -> None:
+        """Patch paired envs (shared validation or test digits) with one shared uniform draw per
+        digit (common random numbers, as their colours): env e flips the patch id where
+        ``u < p_patch_e``."""
+        if not envs:
             return
-        uniform = torch.rand(max(len(y) for _, y in val.values()), generator=generator)
-        for name, (x, y) in val.items():
+        uniform = torch.rand(max(len(y) for _, y in envs.values()), generator=generator)
+        for name, (x, y) in envs.items():
             flips = uniform[: len(y)] < rates[name]
-            val[name] = (add_patches(x, torch.where(flips, 1 - y, y)), y)
+            envs[name] = (add_patches(x, torch.where(flips, 1 - y, y)), y)
