@@ -81,9 +81,10 @@ def test_meta_irm_preset_composes_a_validation_only_optuna_search():
     assert "hparams_search" in cfg.hydra.job.config.override_dirname.exclude_keys
 
 
-def test_optuna_search_returns_objectives_and_a_relaunch_reuses_finished_trials(tmp_path):
+def test_optuna_search_returns_objectives_and_a_relaunch_resumes_the_stored_study(tmp_path):
     """Two real trials through train.py: the best value Optuna reports is the best objective
-    of the runs; relaunching the same search trains nothing new."""
+    of the runs; relaunching the same search trains nothing new (the study in storage already
+    holds its two trials); raising n_trials to 3 runs exactly one more trial."""
     command = [
         sys.executable,
         str(REPO / "train.py"),
@@ -116,8 +117,17 @@ def test_optuna_search_returns_objectives_and_a_relaunch_reuses_finished_trials(
     assert again.returncode == 0, again.stderr[-3000:]
     assert sorted(sweep_dir.rglob("final.json")) == finals
     assert {f: f.stat().st_mtime_ns for f in finals} == stamps
-    assert "already finished" in again.stdout + again.stderr
+    assert "holds 2 trial(s): running 0 more of n_trials=2" in again.stdout + again.stderr
     assert yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text()) == best
+
+    more = [o if o != "hydra.sweeper.n_trials=2" else "hydra.sweeper.n_trials=3" for o in command]
+    third = subprocess.run(more, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "running 1 more of n_trials=3" in third.stdout + third.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="meta_irm_cmnist", storage=f"sqlite:///{sweep_dir}/optuna_synthetic.sqlite3")
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
 def test_long_override_lists_give_a_short_stable_directory_name():

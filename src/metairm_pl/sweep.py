@@ -10,6 +10,12 @@ stop it at once).
 failed in this launch when the multirun ends, and makes the command exit with status 1 if
 any did, so scripts notice.  The jobs may run in other processes or on other machines
 (joblib, submitit, SLURM): the sweep directory is what they share.
+
+:class:`ResumableSearch` (also a Hydra callback) lets a search whose Optuna study is kept in
+storage (our ``hparams_search`` presets: SQLite in the sweep directory) resume: it creates
+the sweep directory before the study is opened there, and lowers ``n_trials`` by the trials
+the study already holds, so a relaunch completes the budget (hydra-optuna-sweeper would
+otherwise run ``n_trials`` more).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Optional
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from metairm_pl.files import append_jsonl, read_jsonl
 
@@ -95,3 +101,38 @@ class SweepSummary(Callback):
         for record in failures:
             log.error("  job %s: %s", record["job"], record["reason"])
         sys.exit(1)
+
+
+class ResumableSearch(Callback):
+    """Before a multirun: create the sweep directory; for an Optuna study kept in storage,
+    run only the trials its ``n_trials`` budget still lacks."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        sweeper = config.hydra.sweeper
+        storage, study_name = sweeper.get("storage"), sweeper.get("study_name")
+        if not storage or not study_name or "n_trials" not in sweeper:
+            return
+        held = trials_in_storage(str(storage), str(study_name))
+        remaining = max(int(sweeper.n_trials) - held, 0)
+        if held:
+            log.info(
+                "study %s holds %d trial(s): running %d more of n_trials=%d",
+                study_name,
+                held,
+                remaining,
+                sweeper.n_trials,
+            )
+        with read_write(sweeper):
+            sweeper.n_trials = remaining
+
+
+def trials_in_storage(storage: str, study_name: str) -> int:
+    """How many trials study ``study_name`` in ``storage`` holds (0 if there is no such study)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # optuna 2.10: no study of that name
+        return 0
+    return len(study.trials)
