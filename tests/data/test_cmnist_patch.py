@@ -272,3 +272,15 @@ def test_paired_test_envs_couple_colour_and_patch_and_leave_train_unchanged():
     for name in train:
         a, b = independent.splits.train[name["name"]], paired.splits.train[name["name"]]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_the_three_env_patch_data_breaks_the_mirror(make_config, fake_mnist):
+    """data=cmnist_patch3: the two mirror envs plus one with both rates 0.3, the pool dealt in three."""
+    from metairm_pl.build import build_datamodule
+
+    cfg = make_config(["data=cmnist_patch3", "data.train_pool_size=240", "data.val_fraction=0.1"])
+    datamodule = build_datamodule(cfg)
+    rates = {spec.name: (spec.p_color, spec.p_patch) for spec in datamodule.train_specs}
+    assert rates == {"c0.1_p0.2": (0.1, 0.2), "c0.2_p0.1": (0.2, 0.1), "c0.3_p0.3": (0.3, 0.3)}
+    assert [len(y) for _, y in datamodule.splits.train.values()] == [80, 80, 80]
+    assert cfg.data.name == "cmnist_patch3" and list(datamodule.splits.test) == ["p0.1", "p0.2", "p0.9"]
