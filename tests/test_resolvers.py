@@ -45,3 +45,18 @@ def test_sweep_and_run_dirs_resolve_before_hydra_sets_its_runtime(tmp_path, monk
     HydraConfig.instance().cfg = None  # as in the launching process of a multirun
     assert cfg.hydra.sweep.dir == str(tmp_path / "outputs" / "sweeps" / "t")
     assert cfg.paths.data_dir == str(tmp_path / "data")
+
+
+def test_the_slurm_launcher_config_resolves_in_the_launching_process(tmp_path, monkeypatch):
+    """SLURM cannot run here; what the launching process resolves before submitting can be
+    checked: the sweep dir and submitit's folder, with no HydraConfig, from the launch dir."""
+    monkeypatch.chdir(tmp_path)
+    without_launch_dir(monkeypatch)
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "tag=s"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None
+    assert cfg.hydra.launcher.submitit_folder == str(tmp_path / "outputs" / "sweeps" / "s" / ".submitit" / "%j")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
