@@ -82,7 +82,7 @@ class PunctuatedSST2Config:
     embedding_dim: Optional[int] = None  # when set, must equal the GloVe file's dimension
     artifact: str = "punctuation"  # or "none" (grayscale oracle data)
     p_label_noise: float = 0.25  # eta; the env lists interpolate it
-    trailing_punctuation: List[str] = field(default_factory=lambda: [".", "!", "?"])
+    trailing_punctuation: Optional[List[str]] = None  # None: the reference's rule
     train_envs: List[EnvConfig] = MISSING
     test_envs: List[EnvConfig] = MISSING
     val_fraction: float = 0.1
