@@ -18,7 +18,9 @@ def build_datamodule(cfg: DictConfig):
 
 
 def build_algorithm(cfg: DictConfig, datamodule) -> pl.LightningModule:
-    num_outputs = 1 if datamodule.num_classes == 2 else datamodule.num_classes
+    # A binary task uses one logit unless the data asks for two (PunctuatedSST-2, as its reference).
+    binary_logits = getattr(datamodule, "binary_logits", 1)
+    num_outputs = binary_logits if datamodule.num_classes == 2 else datamodule.num_classes
     data_kwargs = datamodule.model_kwargs() if hasattr(datamodule, "model_kwargs") else {}
     model_keys = accepted_keys(get_class(cfg.model["_target_"]))
     missing = [key for key in data_kwargs if model_keys and key not in model_keys]
@@ -29,8 +31,8 @@ def build_algorithm(cfg: DictConfig, datamodule) -> pl.LightningModule:
         )
     network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=num_outputs, **data_kwargs)
     algorithm_cfg = OmegaConf.masked_copy(cfg.algorithm, [k for k in cfg.algorithm if k != "name"])
-    check_known_keys("algorithm", algorithm_cfg, ignore=("network", "num_classes"))
-    algorithm = instantiate(algorithm_cfg, network=network, num_classes=datamodule.num_classes)
+    check_known_keys("algorithm", algorithm_cfg, ignore=("network", "num_classes", "num_outputs"))
+    algorithm = instantiate(algorithm_cfg, network=network, num_classes=datamodule.num_classes, num_outputs=num_outputs)
     algorithm.check_environments(len(datamodule.train_env_names))
     return algorithm
 

@@ -89,6 +89,7 @@ class PunctuatedSST2Config:
     data_seed: int = "${data_seed}"  # type: ignore[assignment]
     full_batch: bool = True
     batch_size: Optional[int] = None
+    binary_logits: int = 2  # 2: softmax head (the reference's), 1: one logistic logit
 
 
 # The penalty schedule's fields and defaults, taken from the class itself (one source).

@@ -46,3 +46,15 @@ def test_accuracy_binary_uses_sign_of_logit_and_multiclass_argmax():
     assert accuracy(torch.tensor([[0.3], [-0.2], [0.9], [0.1]]), torch.tensor([1, 1, 1, 0]), 2).item() == 0.5
     logits = torch.tensor([[0.1, 0.5, 0.2], [0.9, 0.0, 0.0], [0.0, 0.0, 1.0]])
     assert accuracy(logits, torch.tensor([1, 0, 0]), 3).item() == pytest.approx(2 / 3)
+
+
+def test_a_binary_task_on_two_logits_uses_softmax_risk_argmax_accuracy_and_a_1x2_dummy_scale():
+    logits = torch.tensor([[2.0, -1.0], [0.5, 1.5], [0.0, 3.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1])
+    risk = risk_function(2, num_outputs=2)
+    assert risk(logits, y).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-12)
+    assert accuracy(logits, y, 2).item() == pytest.approx(2 / 3)
+    scale = torch.ones((1, 2), dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits * scale, y), [scale])
+    assert irm_penalty(logits, y, risk).item() == pytest.approx(grad.pow(2).sum().item(), rel=1e-12)
+    assert risk_function(2)(logits[:, :1], y.double()).item() != risk(logits, y).item()  # one-logit default differs

@@ -328,3 +328,30 @@ def test_every_training_sentence_is_marked_as_the_reference_marks_it(make_config
     assert len(rows.tokens) == 67_349
     assert sum(punctuate(t, z) != reference(t, z) for t in rows.tokens for z in (0, 1)) == 0
     assert sum(punctuate(t, 1, trailing=[".", "!", "?"]) != reference(t, 1) for t in rows.tokens) == 2_461
+
+
+@pytest.mark.parametrize("binary_logits", [2, 1])
+def test_the_reference_head_is_two_softmax_logits_and_irm_trains_on_it(make_config, data_dir, binary_logits):
+    """data=psst2 builds a two-logit network trained with softmax cross-entropy (IRMv1's dummy
+    scale is then (1, 2)), as the reference; data.binary_logits=1 keeps one logistic logit."""
+    import torch.nn.functional as F
+
+    from metairm_pl.build import build_algorithm, build_datamodule
+    from metairm_pl.run import train
+
+    overrides = ["data=psst2", "model=bow_mlp", f"data.data_dir={data_dir}", "data.glove_file=glove.txt",
+                 "data.embedding_dim=3", f"data.binary_logits={binary_logits}", "algorithm=irm",
+                 "trainer.max_steps=3", "trainer.val_check_interval=3"]  # fmt: skip
+    cfg = make_config(overrides)
+    datamodule = build_datamodule(cfg)
+    algorithm = build_algorithm(cfg, datamodule)
+    x, y = datamodule.splits.test["p0.9"]
+    logits = algorithm.network(x)
+    assert logits.shape == (N_DEV, binary_logits)
+    expected = (
+        F.cross_entropy(logits, y)
+        if binary_logits == 2
+        else F.binary_cross_entropy_with_logits(logits.squeeze(-1), y.float())
+    )
+    assert algorithm.risk_fn(logits, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert train(cfg)["step"] == 3

@@ -100,8 +100,10 @@ def full_precision(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
-def risk_function(num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
-    """Mean negative log-likelihood: logistic for 2 classes (one logit), softmax otherwise.
+def risk_function(num_classes: int, num_outputs: Optional[int] = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """Mean negative log-likelihood: logistic for 2 classes on one logit (``num_outputs`` 1 or
+    None), softmax cross-entropy otherwise (k classes, or 2 classes on two logits as the
+    PunctuatedSST-2 reference code).
 
     Computed in at least float32 (:func:`full_precision`), whatever the logits' dtype."""
 
@@ -109,15 +111,16 @@ def risk_function(num_classes: int) -> Callable[[Tensor, Tensor], Tensor]:
         logits = full_precision(logits).squeeze(-1)
         return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
 
-    if num_classes == 2:
+    if num_classes == 2 and num_outputs in (None, 1):
         return binary_risk
     return lambda logits, y: F.cross_entropy(full_precision(logits), y)
 
 
 def accuracy(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
-    if num_classes == 2:
+    """Accuracy of one logit (binary, threshold 0) or of the argmax of k logits."""
+    if num_classes == 2 and (logits.dim() == 1 or logits.shape[-1] == 1):
         return binary_accuracy((logits.squeeze(-1) > 0).long(), y.long())
-    return multiclass_accuracy(logits, y, num_classes=num_classes, average="micro")
+    return multiclass_accuracy(logits, y, num_classes=logits.shape[-1], average="micro")
 
 
 def irm_penalty(logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -143,6 +146,8 @@ class MultiEnvAlgorithm(pl.LightningModule):
         optimizer: a partial optimizer constructor (Hydra ``_partial_: true``), called with
             the parameters in :meth:`configure_optimizers`.
         num_classes: number of classes of the task.
+        num_outputs: logits of the network (1 for a binary task on one logit, the default; 2 for
+            a binary task on two softmax logits; k for k classes).
         l2_weight: weight of the squared L2 norm of all parameters (biases included, as the
             IRM code), added to the loss.
         penalty: the penalty schedule (or its config mapping); ignored by methods without a
@@ -161,6 +166,7 @@ class MultiEnvAlgorithm(pl.LightningModule):
         l2_weight: float = 0.0,
         penalty: Optional[Mapping | PenaltySchedule] = None,
         eval_chunk_size: int = 65536,
+        num_outputs: Optional[int] = None,
     ) -> None:
         super().__init__()
         if l2_weight < 0:
@@ -177,7 +183,7 @@ class MultiEnvAlgorithm(pl.LightningModule):
             penalty = PenaltySchedule()  # no penalty
         self.schedule = penalty if isinstance(penalty, PenaltySchedule) else PenaltySchedule(**dict(penalty))
         self.eval_chunk_size = eval_chunk_size
-        self.risk_fn = risk_function(num_classes)
+        self.risk_fn = risk_function(num_classes, num_outputs)
         self.eval_metrics: dict[str, float] = {}
         self._rng_states_to_restore: Optional[dict[str, Any]] = None
 

@@ -47,8 +47,9 @@ class MetaIRM(MultiEnvAlgorithm):
         first_order: bool = False,
         dropgrad: float = 0.0,
         eval_chunk_size: int = 65536,
+        num_outputs: Optional[int] = None,
     ) -> None:
-        super().__init__(network, optimizer, num_classes, l2_weight, penalty, eval_chunk_size)
+        super().__init__(network, optimizer, num_classes, l2_weight, penalty, eval_chunk_size, num_outputs)
         check_inner_lr(inner_lr, "algorithm.inner_lr")
         check_inner_steps(inner_steps, "algorithm.inner_steps")
         check_dropgrad_rate(dropgrad, "algorithm.dropgrad")

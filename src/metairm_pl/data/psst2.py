@@ -26,6 +26,10 @@ Splits (reference: kakaobrain/irm-empirical-study, ``punctuated_sst2/make_enviro
   in-distribution envs and the p_e = 0.9 env, ~291 rows each); the whole dev set gives the
   test accuracy a smaller standard error.
 
+Head: ``binary_logits=2`` (default) makes the network output two logits trained with softmax
+cross-entropy, and IRMv1's dummy scale is then ``(1, 2)``, as in the reference code (so its
+penalty weights carry over); ``1`` keeps one logistic logit.
+
 Inputs: ``x`` is int64 ``[n, max_len]`` of token ids, 0 = padding, one width for all envs;
 tokens are ``sentence.lower().split()``; tokens without a GloVe vector are dropped from the
 bag (see :mod:`metairm_pl.data.glove`).  The network gets the embedding table through
@@ -156,8 +160,15 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
         data_seed: int = 0,
         full_batch: bool = True,
         batch_size: Optional[int] = None,
+        binary_logits: int = 2,
     ) -> None:
         super().__init__(full_batch=full_batch, batch_size=batch_size, data_seed=data_seed)
+        if binary_logits not in (1, 2):
+            raise ConfigError(
+                f"data.binary_logits={binary_logits!r} is not allowed: use 2 (softmax over two logits, "
+                "the reference's head) or 1 (one logistic logit)."
+            )
+        self.binary_logits = binary_logits
         self.name = name
         self.train_specs = parse_env_specs("train_envs", train_envs)
         self.test_specs = parse_env_specs("test_envs", test_envs)
