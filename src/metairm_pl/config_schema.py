@@ -90,6 +90,7 @@ class PunctuatedSST2Config:
     full_batch: bool = True
     batch_size: Optional[int] = None
     binary_logits: int = 2  # 2: softmax head (the reference's), 1: one logistic logit
+    construction: str = "reference"  # or "even" (see metairm_pl.data.psst2)
 
 
 # The penalty schedule's fields and defaults, taken from the class itself (one source).

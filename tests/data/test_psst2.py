@@ -12,6 +12,7 @@ import random
 import string
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -69,7 +70,9 @@ ENVS = dict(
 
 
 def make_dm(data_dir, **kw) -> PunctuatedSST2DataModule:
-    args = dict(ENVS, data_dir=str(data_dir), glove_file="glove.txt", val_fraction=0.1, data_seed=0)
+    args = dict(
+        ENVS, data_dir=str(data_dir), glove_file="glove.txt", val_fraction=0.1, data_seed=0, construction="even"
+    )
     args.update(kw)
     dm = PunctuatedSST2DataModule(**args)
     dm.setup()
@@ -290,20 +293,20 @@ def test_presets_compose_label_the_dimension_and_feed_the_bow_model(make_config,
         datamodule.setup()
         network = instantiate(cfg.model, input_shape=datamodule.input_shape, num_outputs=1, **datamodule.model_kwargs())
         x, _ = datamodule.splits.test["p0.9"]
-        assert network(x).shape == (N_DEV, 1)
+        assert network(x).shape == (len(x), 1) and len(x) < N_DEV  # the reference: a random third of dev
 
 
 @pytest.mark.slow
 def test_real_data(make_config):
     """The offline PunctuatedSST-2 files: sizes, GloVe 50d coverage (README: 99.01% of tokens)."""
-    cfg = make_config(["data=psst2"])
+    cfg = make_config(["data=psst2", "data_seed=1"])  # seed 1: the reference's own files
     if not os.path.isdir(cfg.data.data_dir):
         pytest.skip(f"no PunctuatedSST-2 data in {cfg.data.data_dir}")
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.setup()
-    assert {env: len(y) for env, (_, y) in datamodule.splits.train.items()} == {"p0.1": 30307, "p0.2": 30307}
-    assert {env: len(y) for env, (_, y) in datamodule.splits.val.items()} == {"p0.1": 3367, "p0.2": 3367}
-    assert len(datamodule.splits.test["p0.9"][1]) == 872
+    assert {env: len(y) for env, (_, y) in datamodule.splits.train.items()} == {"p0.2": 33706, "p0.1": 33706}
+    assert {env: len(y) for env, (_, y) in datamodule.splits.val.items()} == {"p0.2": 296, "p0.1": 277}
+    assert len(datamodule.splits.test["p0.9"][1]) == 299  # the three dev envs: all 872 rows
     assert datamodule.embedding_dim == 50 and cfg.data.name == "psst2_glove50d_eta0.25"
     coverage = datamodule.coverage
     assert (coverage.n_tokens, coverage.n_unknown_tokens) == (650_770, 6_455)
@@ -347,7 +350,7 @@ def test_the_reference_head_is_two_softmax_logits_and_irm_trains_on_it(make_conf
     algorithm = build_algorithm(cfg, datamodule)
     x, y = datamodule.splits.test["p0.9"]
     logits = algorithm.network(x)
-    assert logits.shape == (N_DEV, binary_logits)
+    assert logits.shape == (len(y), binary_logits)
     expected = (
         F.cross_entropy(logits, y)
         if binary_logits == 2
@@ -355,3 +358,61 @@ def test_the_reference_head_is_two_softmax_logits_and_irm_trains_on_it(make_conf
     )
     assert algorithm.risk_fn(logits, y).item() == pytest.approx(expected.item(), rel=1e-6)
     assert train(cfg)["step"] == 3
+
+
+def released_make_environments(train_rows, dev_rows, seed, p_envs, p_test, eta):
+    """Choe et al.'s make_environments.py from its definition (numpy RandomState(seed): split
+    train at random, top up the smaller env, colour each env sentence by sentence with one
+    ``random(1)`` draw for the label flip and one for the mark; split dev into len(p_envs) + 1
+    envs and colour them), returning {env: [(tokens, label)]} in the reference's env order."""
+    rng = np.random.RandomState(seed)
+
+    def split(rows, n_envs, match):
+        assignment = rng.randint(n_envs, size=len(rows.tokens))
+        envs = [[(rows.tokens[i], int(rows.labels[i])) for i in range(len(rows.tokens)) if assignment[i] == e]
+                for e in range(n_envs)]  # fmt: skip
+        if match:
+            longest = max(len(env) for env in envs)
+            for env in envs:
+                if longest - len(env) >= 1:
+                    extra = rng.choice(len(env), size=longest - len(env))
+                    env += [env[i] for i in extra]
+        return envs
+
+    def colour(env, p_env):
+        out = []
+        for tokens, label in env:
+            if eta > 0.0 and rng.random(1).item() < eta:
+                label = 1 - label
+            mark = label if rng.random(1).item() >= p_env else 1 - label
+            tokens = list(tokens)
+            if tokens[-1] in string.punctuation:
+                tokens = tokens[:-1]
+            out.append((tokens + (["."] if mark == 1 else ["!"]), label))
+        return out
+
+    train = [colour(env, p) for env, p in zip(split(train_rows, len(p_envs), True), p_envs)]
+    dev = [colour(env, p) for env, p in zip(split(dev_rows, len(p_envs) + 1, False), p_envs + [p_test])]
+    return train, dev
+
+
+@pytest.mark.parametrize("eta", [0.25, 0.0])
+def test_reference_construction_equals_the_released_script(data_dir, eta):
+    """Every env, example by example (tokens with a GloVe vector, label), equals what the
+    released script builds with the same seed; validation envs are its in-distribution test
+    envs, the test env its test_ood."""
+    specs = dict(
+        train_envs=[{"name": "p0.2", "p_color": 0.2, "p_label_noise": eta}, {"name": "p0.1", "p_color": 0.1, "p_label_noise": eta}],
+        test_envs=[{"name": "p0.9", "p_color": 0.9, "p_label_noise": eta}],
+    )  # fmt: skip
+    dm = make_dm(data_dir, construction="reference", data_seed=1, **specs)
+    train_rows = read_sst2_tsv(data_dir / "train.tsv", "data.train_file")
+    dev_rows = read_sst2_tsv(data_dir / "dev.tsv", "data.dev_file")
+    train, dev = released_make_environments(train_rows, dev_rows, 1, [0.2, 0.1], 0.9, eta)
+    ours = [dm.splits.train["p0.2"], dm.splits.train["p0.1"], dm.splits.val["p0.2"], dm.splits.val["p0.1"],
+            dm.splits.test["p0.9"]]  # fmt: skip
+    for (x, y), released in zip(ours, train + dev):
+        known = [([t for t in tokens if t not in UNKNOWN], label) for tokens, label in released]
+        known = [(tokens, label) for tokens, label in known if tokens]
+        assert list(zip(decode(dm, x), y.tolist())) == known
+    assert len(dm.splits.train["p0.2"][1]) == len(dm.splits.train["p0.1"][1])  # topped up to equal length

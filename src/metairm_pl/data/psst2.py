@@ -12,19 +12,24 @@ earlier rule, which left 2,461 of the 67,349 training sentences marked different
 oracle data) leaves the text unchanged, as the reference's ``grayscale`` version does; ``z``
 is still drawn, so for one ``data_seed`` both variants have identical labels.
 
-Splits (reference: kakaobrain/irm-empirical-study, ``punctuated_sst2/make_environments.py``):
+Splits, ``construction="reference"`` (default; kakaobrain/irm-empirical-study,
+``punctuated_sst2/make_environments.py``), all draws from ``numpy.random.RandomState(data_seed)``
+in the reference's order (``data_seed=1`` gives the reference's own files):
 
-* training envs: the SST-2 ``train.tsv`` rows (67,349), shuffled with ``data_seed`` and
-  dealt by interleaving (env i takes rows ``i, i+n, ...``), each truncated to its ``size``.
-  The reference assigns rows to envs at random and then oversamples the smaller env to equal
-  length (duplicates); interleaving gives equal sizes without duplicates;
-* validation: ``val_fraction`` x ``size`` of each training env's examples, carved out of
-  it (its training part shrinks), built with that env's parameters (the reference has no validation split; it evaluates
-  in-distribution envs on thirds of ``dev.tsv``);
-* test envs: every test env is built from all of ``dev.tsv`` (872 rows, or its first
-  ``size``), each with its own draws.  The reference splits ``dev.tsv`` into thirds (two
-  in-distribution envs and the p_e = 0.9 env, ~291 rows each); the whole dev set gives the
-  test accuracy a smaller standard error.
+* training envs: each ``train.tsv`` row goes to a random training env (``randint``); the
+  smaller envs are then topped up to the largest's length with rows drawn with replacement
+  from themselves (``choice``);
+* per example, in env order: a label-noise draw (only when ``p_label_noise > 0``), then a
+  mark draw;
+* ``dev.tsv``: each row goes to a random env among the training envs' validation twins and
+  the test envs (``randint``); the twins are coloured with their training env's rates and
+  are the validation sets (the reference's in-distribution test envs), the rest are the test
+  envs (``val_fraction`` and env ``size`` are not used);
+* examples left without any token that has a GloVe vector are dropped, as the reference does.
+
+``construction="even"`` is this module's earlier construction: ``train.tsv`` shuffled with a
+torch generator and dealt evenly (no duplicates), ``val_fraction`` of each training env carved
+out for validation, and every test env built from all of ``dev.tsv``.
 
 Head: ``binary_logits=2`` (default) makes the network output two logits trained with softmax
 cross-entropy, and IRMv1's dummy scale is then ``(1, 2)``, as in the reference code (so its
@@ -45,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,6 +62,7 @@ from metairm_pl.errors import ConfigError, DataCorruptedError, DataUnavailableEr
 log = logging.getLogger(__name__)
 
 ARTIFACTS = ("punctuation", "none")
+CONSTRUCTIONS = ("reference", "even")
 HEADER = "sentence\tlabel"
 MARKS = ("!", ".")  # MARKS[z]: "!" for z = 0, "." for z = 1
 DEFAULT_TRAILING = None  # None: the reference's rule (is_punctuation_token)
@@ -161,6 +168,7 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
         full_batch: bool = True,
         batch_size: Optional[int] = None,
         binary_logits: int = 2,
+        construction: str = "reference",
     ) -> None:
         super().__init__(full_batch=full_batch, batch_size=batch_size, data_seed=data_seed)
         if binary_logits not in (1, 2):
@@ -168,6 +176,9 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
                 f"data.binary_logits={binary_logits!r} is not allowed: use 2 (softmax over two logits, "
                 "the reference's head) or 1 (one logistic logit)."
             )
+        if construction not in CONSTRUCTIONS:
+            raise ConfigError(f"data.construction={construction!r} is not allowed: use one of {list(CONSTRUCTIONS)}.")
+        self.construction = construction
         self.binary_logits = binary_logits
         self.name = name
         self.train_specs = parse_env_specs("train_envs", train_envs)
@@ -222,13 +233,16 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
         train_rows = read_sst2_tsv(self.files["train_file"], "data.train_file")
         dev_rows = read_sst2_tsv(self.files["dev_file"], "data.dev_file")
         self.table, self.coverage = self._load_embedding(train_rows.tokens + dev_rows.tokens)
-        generator = torch.Generator().manual_seed(int(self.data_seed))
-        order = torch.randperm(len(train_rows.tokens), generator=generator)
-        train, val = self._build_train_envs(train_rows, order, generator)
-        test = {
-            spec.name: self._build_env(dev_rows, self._test_rows(spec, dev_rows), spec, generator)
-            for spec in self.test_specs
-        }
+        if self.construction == "reference":
+            train, val, test = self._reference_envs(train_rows, dev_rows)
+        else:
+            generator = torch.Generator().manual_seed(int(self.data_seed))
+            order = torch.randperm(len(train_rows.tokens), generator=generator)
+            train, val = self._build_train_envs(train_rows, order, generator)
+            test = {
+                spec.name: self._build_env(dev_rows, self._test_rows(spec, dev_rows), spec, generator)
+                for spec in self.test_specs
+            }
         splits = self._pad(EnvironmentSplits(train=train, val=val, test=test))
         log.info(
             "PunctuatedSST-2 (GloVe %dd, artifact=%s) built in %.1f s: %s.",
@@ -263,6 +277,58 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
             if val_size:
                 val[spec.name] = (x_ids[:val_size], y[:val_size])
         return train, val
+
+    def _reference_envs(self, train_rows: Sentences, dev_rows: Sentences):
+        """Training, validation and test envs as the reference builds them (module docstring)."""
+        sized = [spec.name for spec in self.train_specs + self.test_specs if spec.size is not None]
+        if sized:
+            raise ConfigError(
+                f"envs {sized} set a size, which data.construction=reference does not use (it assigns rows "
+                "at random): remove it, or use data.construction=even."
+            )
+        rng = np.random.RandomState(int(self.data_seed))
+        n_train = len(self.train_specs)
+        groups = _random_groups(len(train_rows.tokens), n_train, rng)
+        longest = max(len(group) for group in groups)
+        groups = [
+            group + [group[i] for i in rng.choice(len(group), size=longest - len(group))]
+            if len(group) < longest
+            else group
+            for group in groups
+        ]
+        train = {
+            spec.name: self._reference_env(train_rows, group, spec, rng)
+            for spec, group in zip(self.train_specs, groups)
+        }
+        dev_groups = _random_groups(len(dev_rows.tokens), n_train + len(self.test_specs), rng)
+        built = [
+            self._reference_env(dev_rows, group, spec, rng)
+            for spec, group in zip(self.train_specs + self.test_specs, dev_groups)
+        ]
+        val = {spec.name: env for spec, env in zip(self.train_specs, built[:n_train])}
+        test = {spec.name: env for spec, env in zip(self.test_specs, built[n_train:])}
+        return train, val, test
+
+    def _reference_env(self, rows: Sentences, indices: list[int], spec: EnvSpec, rng: np.random.RandomState):
+        """One env, drawing per example (in order) the label flip (only if eta > 0), then the mark."""
+        n = len(indices)
+        flips = spec.p_label_noise > 0
+        draws = rng.random_sample(2 * n if flips else n)
+        noise_draws, mark_draws = (draws[0::2], draws[1::2]) if flips else (np.ones(n), draws)
+        ids, labels = [], []
+        for index, u_noise, u_mark in zip(indices, noise_draws, mark_draws):
+            label = int(rows.labels[index])
+            if u_noise < spec.p_label_noise:
+                label = 1 - label
+            mark = label if u_mark >= spec.p_color else 1 - label
+            tokens = rows.tokens[index]
+            if self.artifact == "punctuation":
+                tokens = punctuate(tokens, mark, self.trailing_punctuation)
+            encoded = self.table.encode(tokens)
+            if encoded:  # the reference drops examples without a known word
+                ids.append(encoded)
+                labels.append(label)
+        return ids, torch.tensor(labels, dtype=torch.long)
 
     @staticmethod
     def _check_size(spec: EnvSpec, available: int, what: str) -> int:
@@ -302,3 +368,9 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
             for kind, group in splits.as_eval_batch().items()
             if group
         )
+
+
+def _random_groups(n_rows: int, n_groups: int, rng: np.random.RandomState) -> list[list[int]]:
+    """Row indices per group, each row sent to ``rng.randint(n_groups)``, in row order."""
+    assignment = rng.randint(n_groups, size=n_rows)
+    return [np.flatnonzero(assignment == group).tolist() for group in range(n_groups)]
