@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
-from metairm_pl.console import quiet_third_party
+from metairm_pl.console import describe_tuned_settings, quiet_third_party, tuned_config_exists
 from metairm_pl.errors import describe_failure, user_error_in
 from metairm_pl.resolvers import register_resolvers, remember_launch_dir
 from metairm_pl.run import train
@@ -47,6 +47,11 @@ def summary_lines(final: dict[str, Any]) -> list[str]:
 def main(cfg: DictConfig) -> float | None:
     """Train one run; return its validation-only search objective (``objective``) to a sweeper."""
     quiet_under_sweeps(cfg)
+    log = logging.getLogger("train")
+    choices = dict(HydraConfig.get().runtime.choices)
+    tuned = choices.get("tuned") if tuned_config_exists(choices.get("tuned")) else None
+    if not in_multirun():
+        log.info(describe_tuned_settings(choices, tuned is not None))
     try:
         final = train(cfg)
         objective = search_objective(final, cfg.objective)
@@ -59,9 +64,9 @@ def main(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(2)
-    log = logging.getLogger("train")
     if in_multirun():  # one line per finished job
-        log.info("job %s done: %s", job_label(), " ".join(line.strip() for line in summary_lines(final)))
+        summary = " ".join(line.strip() for line in summary_lines(final))
+        log.info("job %s done: %s [tuned: %s]", job_label(), summary, tuned or "none")
     else:
         for line in summary_lines(final):
             log.info(line)

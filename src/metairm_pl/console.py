@@ -48,3 +48,30 @@ def quiet_third_party() -> None:
         _DropMessages("litlogger", "TPU available", "`Trainer.fit` stopped: `max_steps=")
     )
     _quieted = True
+
+
+def describe_tuned_settings(choices: dict[str, str | None], tuned_exists: bool) -> str:
+    """Which ``conf/tuned/<algorithm>/<data>.yaml`` a run uses, from Hydra's group choices.
+
+    The pair's file sets the model width, the step budget and callback values tuned for it; a
+    pair without one (Hydra records the choice of an ``optional`` default even when no file
+    matched) runs on the method's arguments and the groups' defaults."""
+    tuned = choices.get("tuned")
+    if tuned and tuned_exists:
+        return f"settings: conf/tuned/{tuned}.yaml"
+    return (
+        f"settings: no conf/tuned/{tuned}.yaml: the method's arguments with the defaults of "
+        f"model={choices.get('model')}, trainer={choices.get('trainer')}, callbacks={choices.get('callbacks')}"
+    )
+
+
+def tuned_config_exists(choice: str | None) -> bool:
+    """Whether the running Hydra app's config search path has ``tuned/<choice>``."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    if not choice or "/" not in choice:
+        return False
+    group, name = choice.rsplit("/", 1)
+    options = GlobalHydra.instance().config_loader().get_group_options(f"tuned/{group}", ObjectType.CONFIG)
+    return name in options
