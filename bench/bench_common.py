@@ -302,12 +302,21 @@ def write_json(path: Optional[str], payload: dict) -> None:
     print(f"wrote {target}")
 
 
-def load_conf_algorithm(name: str) -> Optional[dict]:
-    """The ``algorithm`` mapping of ``conf/algorithm/<name>.yaml`` (plain YAML, no composition)."""
+def load_composed(overrides: list[str]) -> Optional[dict]:
+    """The ``algorithm`` and ``model`` nodes of the project's config composed with ``overrides``
+    (e.g. ``["algorithm=irm", "data=cmnist"]``: conf/algorithm plus conf/tuned), as plain dicts."""
     try:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
         from omegaconf import OmegaConf
 
-        node = OmegaConf.load(REPO_ROOT / "conf" / "algorithm" / f"{name}.yaml")
-        return OmegaConf.to_container(node, resolve=False)
-    except Exception:  # noqa: BLE001 - a missing/changed file only disables the cross-check
+        import metairm_pl.config_schema  # noqa: F401  (registers the schemas)
+        from metairm_pl.resolvers import register_resolvers
+
+        register_resolvers()
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        return {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("algorithm", "model")}
+    except Exception:  # noqa: BLE001 - a config that no longer composes only disables the cross-check
         return None

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 
 # Official IRM Colored MNIST hyperparameters (facebookresearch/InvariantRiskMinimization
-# README), as in conf/algorithm/irm.yaml.
+# README), as in conf/algorithm/irm.yaml and conf/tuned/irm/cmnist.yaml.
 OFFICIAL = {
     "hidden": 390,
     "lr": 0.0004898536566546834,
@@ -176,9 +176,9 @@ def main(argv=None) -> int:
         f"config: steps={args.steps} repeats={args.repeats} warmup_steps={args.warmup_steps} hidden={args.hidden} "
         f"envs=2x{args.env_size} lr={args.lr} l2={args.l2} penalty_weight={args.penalty_weight} anneal={args.anneal}"
     )
-    conf = bc.load_conf_algorithm("irm")
+    conf = bc.load_composed(["algorithm=irm", "data=cmnist"])
     if conf is not None:
-        a = conf.get("algorithm", {})
+        a = conf["algorithm"]
         expected = {
             "lr": a.get("optimizer", {}).get("lr"),
             "l2": a.get("l2_weight"),
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
         }
         differ = {k: v for k, v in expected.items() if v != getattr(args, k)}
         print(
-            "conf/algorithm/irm.yaml cross-check: "
+            "config cross-check (algorithm=irm data=cmnist): "
             + ("same values" if not differ else f"differs from conf in {differ}")
         )
 

@@ -72,6 +72,20 @@ def test_single_run(tmp_path):
     output = result.stdout + result.stderr
     assert not [noise for noise in NOISE if noise in output], output[-3000:]
     assert "irm on synthetic (seed 0), step 12:" in output
+    assert "settings: no conf/tuned/irm/synthetic.yaml: the method's arguments with the defaults of" in output
+
+
+def test_the_design_cards_command_uses_its_tuned_settings(tmp_path):
+    """``algorithm=meta_irm data=cmnist_patch`` composes with conf/tuned/meta_irm/cmnist_patch.yaml
+    (composed with ``--cfg job``, not trained: synthetic data would change the pair)."""
+    command = "python train.py algorithm=meta_irm data=cmnist_patch"
+    if command not in README:
+        pytest.fail(f"the README no longer shows {command!r}")
+    result = typed(command, tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2", "--cfg", "job")
+    assert succeeded(result)
+    composed = yaml.safe_load(result.stdout)
+    assert composed["model"]["hidden_dim"] == 128 and composed["trainer"]["max_steps"] == 2
+    assert composed["callbacks"]["std_early_stopping"]["min_steps"] == 250
 
 
 def test_multirun_with_the_basic_launcher(basic_sweep):
