@@ -191,6 +191,21 @@ def test_sweep_expands_to_algorithms_knobs_and_ten_seeds(name):
     assert len({tuple(sorted(job)) for job in jobs}) == len(jobs)
 
 
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_job_has_tuned_values(name):
+    """A paper experiment never runs a pair on the neutral defaults by accident: every
+    (algorithm, data) pair it launches has conf/tuned/<algorithm>/<data>.yaml."""
+    default_data = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())["defaults"][0]["override /data"]
+    jobs = sweep_jobs(sweep_params(name))
+    assert jobs
+    for job in jobs:
+        choice = dict(override.split("=", 1) for override in job)
+        pair = f"{choice['algorithm']}/{choice.get('data', default_data)}"
+        assert (CONF / "tuned" / f"{pair}.yaml").is_file(), (
+            f"experiment={name} {' '.join(job)}: no conf/tuned/{pair}.yaml"
+        )
+
+
 def test_command_line_values_replace_the_files_sweep_values():
     jobs = sweep_jobs(sweep_params("table3"), ("seed=0", "algorithm=irm,vrex"))
     assert len(jobs) == 3 * 2

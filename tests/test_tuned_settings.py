@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from metairm_pl.console import describe_tuned_settings
 
@@ -18,16 +16,6 @@ DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 TUNED = sorted(p.relative_to(CONF / "tuned").with_suffix("").as_posix() for p in (CONF / "tuned").rglob("*.yaml"))
 MODEL_DEFAULTS = {name: yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text()) for name in ("mlp", "bow_mlp")}
 TRAINER_DEFAULTS = yaml.safe_load((CONF / "trainer" / "default.yaml").read_text())
-EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-
-
-def experiment_jobs(name: str) -> tuple[str, list[list[str]]]:
-    """The experiment's data option and the override lists its basic sweep launches."""
-    text = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())
-    data = next(d["override /data"] for d in text["defaults"] if "override /data" in d)
-    params = text["hydra"]["sweeper"]["params"]
-    overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    return data, [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
 @pytest.mark.parametrize("pair", TUNED)
@@ -89,17 +77,6 @@ def test_psst2_pairs_carry_choe_et_al_settings(make_config):
     assert irm.algorithm.penalty.anneal_steps == 100 and irm.model.n_hidden_layers == 2 and irm.model.hidden_dim is None
     erm = make_config(["algorithm=erm", "data=psst2_grayscale"], name="g")
     assert (erm.algorithm.optimizer.lr, erm.algorithm.l2_weight) == (0.01, 0.0005)
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_experiment_job_has_tuned_values(name):
-    """A paper experiment never runs a pair on the neutral defaults by accident."""
-    data_default, jobs = experiment_jobs(name)
-    assert jobs
-    for job in jobs:
-        choice = dict(o.split("=", 1) for o in job)
-        pair = f"{choice['algorithm']}/{choice.get('data', data_default)}"
-        assert pair in TUNED, f"experiment={name} {' '.join(job)}: no conf/tuned/{pair}.yaml"
 
 
 def test_the_run_says_which_settings_it_used():
