@@ -5,6 +5,7 @@ of every method (repeatable, and really bf16).  The bf16 meta-gradient against f
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,104 @@ def test_no_warning_with_native_bf16_or_when_it_cannot_be_told(monkeypatch, capl
         precision.check_precision("bf16-mixed")
         precision.check_precision("32-true")
     assert not caplog.records
+
+
+# --------------------------------------------------------------------------- the default
+
+PARITY_TABLE = Path(__file__).resolve().parents[1] / "bench" / "results" / "precision_parity.md"
+
+
+def parity_verdicts() -> dict[str, tuple[int, str, str, str]]:
+    """algorithm -> (pairs, mean difference, standard error, verdict) of the committed
+    Colored MNIST parity table (``bench/precision_parity.py``'s first table)."""
+    verdicts = {}
+    first_table = PARITY_TABLE.read_text().split("\n\n")[0]
+    for line in first_table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] == "cmnist" and cells[2].isdigit():
+            verdicts[cells[1]] = (int(cells[2]), cells[3], cells[4], cells[5])
+    return verdicts
+
+
+def test_the_bf16_default_is_exactly_the_methods_whose_committed_parity_holds():
+    """A method defaults to bf16-mixed if and only if the committed parity table shows its 10
+    paired seeds within 1 point, and the reason the console prints quotes that table."""
+    verdicts = parity_verdicts()
+    assert {"irm", "meta_irm"} <= set(verdicts)  # the table was read
+    shown = {name for name, (pairs, _, _, verdict) in verdicts.items() if pairs >= 10 and verdict == "yes"}
+    assert set(precision.BF16_PARITY) == shown
+    for name in shown:
+        _, mean, stderr, _ = verdicts[name]
+        assert precision.BF16_PARITY[name].startswith(f"{mean} ± {stderr} points, 10 paired seeds")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "data", "native", "expected"),
+    [
+        ("irm", "cmnist", True, "bf16-mixed"),
+        ("meta_irm", "cmnist_patch", True, "bf16-mixed"),
+        ("irm", "cmnist", False, "32-true"),  # emulated bf16 is slower than float32
+        ("irm", "cmnist", None, "32-true"),  # cannot tell: the safe choice
+        ("irm", "psst2", True, "32-true"),  # the bag-of-words model has no parity runs
+        ("meta_irm_no_std", "cmnist", True, "32-true"),  # a variant is not the method
+    ],
+)
+def test_default_precision_needs_parity_image_data_and_native_bf16(monkeypatch, algorithm, data, native, expected):
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: native)
+    assert precision.default_precision(algorithm, data, "cpu") == expected
+    line = precision.describe_precision(expected, algorithm, data, "cpu")
+    assert line.startswith(f"precision: {expected} (default: ") and "\n" not in line
+
+
+def test_an_unlisted_method_defaults_to_float32_and_says_why(monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: True)
+    unlisted = next(m for m in ("erm", "vrex", "mmrex", "grayscale") if m not in precision.BF16_PARITY)
+    assert precision.default_precision(unlisted, "cmnist") == "32-true"
+    assert "no bf16 parity evidence yet" in precision.describe_precision("32-true", unlisted, "cmnist")
+    typed = precision.describe_precision("bf16-mixed", unlisted, "cmnist")
+    assert typed == "precision: bf16-mixed (set on the command line; the default here is 32-true)"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_and_the_typed_precision_share_a_run_directory_and_fingerprint(monkeypatch, tmp_path, native):
+    """``python train.py`` resolves ``trainer.precision`` from the evidence; the run then lands
+    in the directory, with the fingerprint, of the same run typed with that precision, so a
+    run is found (or resumed) whichever way it was asked for.  The other precision gets its own
+    directory.  Directory names of 32-true runs are what they were before the default existed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from metairm_pl.resolvers import register_resolvers
+    from metairm_pl.run_dir import config_fingerprint
+
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: native)
+    register_resolvers()
+
+    def composed(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(Path(precision.__file__).parents[2] / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"paths.output_root={tmp_path}", *overrides], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        run_dir = cfg.hydra.run.dir
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        return run_dir, config_fingerprint(cfg), cfg.trainer.precision
+
+    default_dir, default_print, default_precision = composed()
+    assert default_precision == ("bf16-mixed" if native else "32-true")
+    other = "32-true" if native else "bf16-mixed"
+    typed_dir, typed_print, _ = composed(f"trainer.precision={default_precision}")
+    other_dir, other_print, _ = composed(f"trainer.precision={other}")
+    assert (typed_dir, typed_print) == (default_dir, default_print)
+    assert other_dir != default_dir and other_print != default_print
+    bf16_dir, fp32_dir = (default_dir, other_dir) if native else (other_dir, default_dir)
+    assert Path(fp32_dir) == tmp_path / "runs" / "cmnist" / "irm" / "default" / "seed=0"
+    assert Path(bf16_dir) == tmp_path / "runs" / "cmnist" / "irm" / "trainer.precision=bf16-mixed" / "seed=0"
+    assert Path(composed("tag=x", "trainer.precision=32-true")[0]).parent.name == "tag=x"
+    assert (
+        Path(composed("tag=x", "trainer.precision=bf16-mixed")[0]).parent.name == "tag=x,trainer.precision=bf16-mixed"
+    )
 
 
 # --------------------------------------------------------------------------- what runs in bf16

@@ -73,6 +73,19 @@ def test_single_run(tmp_path):
     assert not [noise for noise in NOISE if noise in output], output[-3000:]
     assert "irm on synthetic (seed 0), step 12:" in output
     assert "settings: no conf/tuned/irm/synthetic.yaml: the method's arguments with the defaults of" in output
+    assert "precision: 32-true (default: irm's bf16 parity was shown on Colored MNIST, not on synthetic)" in output
+
+
+def test_the_precision_default_and_the_exact_float32_switch(tmp_path):
+    """``python train.py`` on its real data (composed, not trained) takes the precision the
+    evidence gives this machine; the README's ``trainer.precision=32-true`` always wins."""
+    from metairm_pl.precision import default_precision
+
+    default = typed("python train.py", tmp_path, "--cfg", "job", "--resolve")
+    exact = typed("python train.py trainer.precision=32-true", tmp_path, "--cfg", "job", "--resolve")
+    assert succeeded(default) and succeeded(exact)
+    assert yaml.safe_load(default.stdout)["trainer"]["precision"] == default_precision("irm", "cmnist")
+    assert yaml.safe_load(exact.stdout)["trainer"]["precision"] == "32-true"
 
 
 def test_the_design_cards_command_uses_its_tuned_settings(tmp_path):

@@ -68,8 +68,10 @@ def case_overrides(algorithm: str, max_steps: int) -> list[str]:
             f"callbacks.std_early_stopping.min_steps={max_steps * 3 // 4}",
         ],
     }
-    # bf16-mixed: the same cases with the network's matmuls in bfloat16 (autocast)
-    cases |= {f"{name}_bf16": overrides + ["trainer.precision=bf16-mixed"] for name, overrides in list(cases.items())}
+    # bf16-mixed: the same cases with the network's matmuls in bfloat16 (autocast); the
+    # others name 32-true, whatever this machine's default (metairm_pl.precision)
+    fp32 = {name: overrides + ["trainer.precision=32-true"] for name, overrides in cases.items()}
+    cases = fp32 | {f"{name}_bf16": overrides + ["trainer.precision=bf16-mixed"] for name, overrides in cases.items()}
     return COMMON + [f"trainer.max_steps={max_steps}"] + cases[algorithm]
 
 

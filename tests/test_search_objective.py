@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl.errors import ConfigError
 from metairm_pl.search_objective import OBJECTIVES, search_objective
@@ -169,3 +169,37 @@ def test_stage_two_preset_is_a_grid_over_min_steps_at_the_meta_irm_preset_values
         "callbacks.std_early_stopping.std_threshold",
     ):
         assert OmegaConf.select(stage2, key) == OmegaConf.select(preset, key), key
+
+
+ABLATION_PRESETS = {
+    "meta_irm_first_order_cmnist": ("meta_irm_first_order", "first_order", True),
+    "meta_irm_same_env_cmnist": ("meta_irm_same_env", "meta_envs", "same"),
+    "meta_irm_no_std_cmnist": ("meta_irm_no_std", "penalty.weight", 0.0),
+}
+
+
+def composed_search(preset: str) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("preset", sorted(ABLATION_PRESETS))
+def test_each_ablation_searches_under_the_full_methods_rule_budget_and_space(preset):
+    """Table 5's fair comparison: each variant's own search has the full method's objective,
+    budget, trials and space, keeps its ablated switch, and has its own sweep dir and study.
+    The no-std variant holds λ at 0 (a fixed value, not a choice) instead of searching it."""
+    algorithm, switch, value = ABLATION_PRESETS[preset]
+    full, variant = composed_search("meta_irm_cmnist"), composed_search(preset)
+    assert variant.algorithm.name == algorithm and OmegaConf.select(variant.algorithm, switch) == value
+    for key in ("objective", "model.hidden_dim", "trainer.max_steps", "trainer.val_check_interval",
+                "callbacks.std_early_stopping.std_threshold", "algorithm.penalty.anneal_steps",
+                "hydra.sweeper.n_trials", "hydra.sweeper.sampler", "hydra.sweeper.direction"):  # fmt: skip
+        assert OmegaConf.select(variant, key) == OmegaConf.select(full, key), key
+    full_space, space = dict(full.hydra.sweeper.params), dict(variant.hydra.sweeper.params)
+    if algorithm == "meta_irm_no_std":
+        assert space.pop("algorithm.penalty.weight") == "0.0"  # sweeper params are override strings
+        full_space.pop("algorithm.penalty.weight")
+    assert space == full_space
+    assert variant.tag == f"hparams_{preset}" and variant.hydra.sweeper.study_name == preset
+    assert variant.hydra.sweeper.study_name != full.hydra.sweeper.study_name

@@ -27,10 +27,17 @@ def launch_dir() -> str:
     return os.environ.get(LAUNCH_DIR_ENV) or os.getcwd()
 
 
-def run_dirname(overrides: str, default: str) -> str:
+def run_dirname(overrides: str, default: str, precision: str = "32-true") -> str:
     """A run directory name from Hydra's ``override_dirname``: ``default`` when empty, the
     overrides themselves when short enough, else their first characters plus a hash of all
-    of them (deterministic, so a relaunch finds the same directory)."""
+    of them (deterministic, so a relaunch finds the same directory).
+
+    ``trainer.precision`` is excluded from ``override_dirname`` and named from the resolved
+    ``precision`` instead (appended unless ``32-true``): a run that gets bf16-mixed by default
+    shares its directory with the same run typed with ``trainer.precision=bf16-mixed``, and
+    a default that differs between machines never mixes two precisions in one directory."""
+    if precision != "32-true":
+        overrides = f"{overrides},trainer.precision={precision}" if overrides else f"trainer.precision={precision}"
     if not overrides:
         return default
     if len(overrides.encode()) <= MAX_DIRNAME_CHARS:
@@ -46,6 +53,8 @@ def register_resolvers() -> None:
     * ``${run_dirname:OVERRIDES,DEFAULT}``: :func:`run_dirname`.
     * ``${launch_dir:}``: :func:`launch_dir`, valid in every Hydra mode (run, multirun, any
       launcher or sweeper), unlike ``${hydra:runtime.cwd}``.
+    * ``${default_precision:ALGORITHM,DATA,ACCELERATOR}``:
+      :func:`metairm_pl.precision.default_precision`.
     """
     if not OmegaConf.has_resolver("or_default"):
         OmegaConf.register_new_resolver("or_default", lambda value, default: value if value else default)
@@ -53,3 +62,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_dirname", run_dirname)
     if not OmegaConf.has_resolver("launch_dir"):
         OmegaConf.register_new_resolver("launch_dir", launch_dir)
+    if not OmegaConf.has_resolver("default_precision"):
+        OmegaConf.register_new_resolver("default_precision", _default_precision)
+
+
+def _default_precision(algorithm: str, data: str, accelerator: str) -> str:
+    from metairm_pl.precision import default_precision  # imports torch: only when resolved
+
+    return default_precision(algorithm, data, accelerator)
