@@ -192,6 +192,7 @@ def test_each_ablation_searches_under_the_full_methods_rule_budget_and_space(pre
     algorithm, switch, value = ABLATION_PRESETS[preset]
     full, variant = composed_search("meta_irm_cmnist"), composed_search(preset)
     assert variant.algorithm.name == algorithm and OmegaConf.select(variant.algorithm, switch) == value
+    assert variant.trainer.precision == full.trainer.precision == "32-true"
     for key in ("objective", "model.hidden_dim", "trainer.max_steps", "trainer.val_check_interval",
                 "callbacks.std_early_stopping.std_threshold", "algorithm.penalty.anneal_steps",
                 "hydra.sweeper.n_trials", "hydra.sweeper.sampler", "hydra.sweeper.direction"):  # fmt: skip
