@@ -106,3 +106,20 @@ def test_wandb_logs_the_table_and_plots_offline(tmp_path, monkeypatch, capsys):
     assert sorted(k for k in calls["log"] if k.startswith("plots/")) == [
         "plots/acc_vs_test_env-cmnist", "plots/penalty_vs_step-cmnist",
     ]  # fmt: skip
+
+
+def test_also_selection_adds_one_column_per_table_and_says_what_it_is(tmp_path, capsys):
+    runs = str(FIXTURES / "runs")
+    assert report.main([runs, "--selection", "last", "--also-selection", "train_val", "--out", str(tmp_path)]) == 0
+    with_column = (tmp_path / "table.md").read_text()
+    assert report.main([runs, "--selection", "last", "--out", str(tmp_path)]) == 0
+    without = (tmp_path / "table.md").read_text()
+    capsys.readouterr()
+
+    def headers(text):
+        return [line for line in text.splitlines() if line.startswith("| algorithm |")]
+
+    assert len(headers(with_column)) == len(headers(without)) >= 1
+    for extended, plain in zip(headers(with_column), headers(without)):
+        assert extended.count("|") == plain.count("|") + 1 and "(training-env validation) | n |" in extended
+    assert "The column `<env> (training-env validation)`" in with_column

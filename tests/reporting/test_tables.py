@@ -14,6 +14,7 @@ from metairm_pl.reporting.tables import (
     Cell,
     algorithm_sort_key,
     build_tables,
+    extra_column,
     format_cell,
     render_csv,
     render_markdown,
@@ -142,3 +143,24 @@ def test_settings_stay_out_of_labels_when_every_row_has_the_same():
     assert not table.show_settings
     assert [row.label(table.show_tags, table.show_settings) for row in table.rows] == ["erm", "irm"]
     assert [row.settings for row in table.rows] == ["lr=0.1", "lr=0.1"]
+
+
+def two_record_run(algorithm, seed, early_ood, late_ood):
+    """A run whose first record has the better training-env validation and its last the final
+    test accuracies: the two selections disagree, by hand-chosen numbers."""
+    base = {"algorithm": algorithm, "data": "cmnist", "seed": seed, "tag": "", "train/a/acc": 0.8, "train/b/acc": 0.7}
+    early = base | {"step": 10, "val/a/acc": 0.9, "val/b/acc": 0.9, "test/p0.1/acc": 0.5, "test/p0.9/acc": early_ood}
+    late = base | {"step": 20, "val/a/acc": 0.6, "val/b/acc": 0.6, "test/p0.1/acc": 0.5, "test/p0.9/acc": late_ood}
+    return Run(Path(f"/runs/{algorithm}/{seed}"), RunStatus.DONE, (early, late), algorithm, "cmnist", seed, "")
+
+
+def test_a_second_selection_adds_the_most_ood_env_column_from_the_same_runs():
+    runs = [two_record_run("irm", 0, 0.30, 0.70), two_record_run("irm", 1, 0.40, 0.60)]
+    (table,) = build_tables(runs, LAST)
+    extra = extra_column(table, runs, TRAIN_VAL)
+    assert extra.env == "p0.9" and extra.header == "p0.9 (training-env validation)"
+    text = render_markdown([table], LAST, [extra])
+    assert "| algorithm | p0.1 | p0.9 | train | p0.9 (training-env validation) | n | notes |" in text
+    # last: p0.9 = 70, 60 -> 65.0 ± 7.1; training-env validation picks step 10: 30, 40 -> 35.0 ± 7.1
+    assert "| irm | 50.0 ± 0.0 | 65.0 ± 7.1 | 75.0 ± 0.0 | 35.0 ± 7.1 | 2 |  |" in text
+    assert render_markdown([table], LAST) == render_markdown([table], LAST, [None])  # no column unless asked

@@ -1,7 +1,7 @@
 """Collect finished runs into paper-style tables and plots.
 
     python -m metairm_pl.reporting DIR... [--selection train_val|last|oracle] [--oracle-env p0.9]
-                                       [--out OUTDIR] [--plots] [--wandb]
+                                       [--also-selection train_val|last] [--out OUTDIR] [--plots] [--wandb]
 
 Searches every DIR at any depth for run dirs (``results.jsonl``), prints the markdown
 table(s) under a header naming the selection method, and writes ``table.md`` and
@@ -22,7 +22,15 @@ from typing import Optional, Sequence
 from metairm_pl.files import atomic_write_text
 from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, SelectionMethod, get_selection
-from metairm_pl.reporting.tables import CSV_FIELDS, Table, build_tables, csv_rows, render_csv, render_markdown
+from metairm_pl.reporting.tables import (
+    CSV_FIELDS,
+    Table,
+    build_tables,
+    csv_rows,
+    extra_column,
+    render_csv,
+    render_markdown,
+)
 from metairm_pl.run_dir import RESULTS_FILE
 
 EXIT_USAGE = 2
@@ -44,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "last = final evaluation, oracle = oracle (test env), best test accuracy on --oracle-env",
     )
     parser.add_argument("--oracle-env", default=None, help="the test env of --selection oracle, e.g. p0.9")
+    parser.add_argument(
+        "--also-selection",
+        choices=[name for name in SELECTION_NAMES if name != "oracle"],
+        default=None,
+        help="add a column: the most OOD test env (the last one) under this second selection",
+    )
     parser.add_argument("--out", default=None, help="output folder for table.md, table.csv, plots (default: first DIR)")
     parser.add_argument("--plots", action="store_true", help="also save the figures as PNG")
     parser.add_argument(
@@ -103,7 +117,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"warning: could not read {run.read_error}", file=sys.stderr)
 
     tables = build_tables(runs, selection)
-    markdown = render_markdown(tables, selection)
+    extras = (
+        [extra_column(table, runs, get_selection(args.also_selection)) for table in tables]
+        if args.also_selection
+        else []
+    )
+    markdown = render_markdown(tables, selection, extras)
     print(markdown, end="")
     out_dir = Path(args.out or args.dirs[0])
     atomic_write_text(out_dir / TABLE_MD, markdown)

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, get_selection
-from metairm_pl.reporting.tables import build_tables, render_table_markdown
+from metairm_pl.reporting.tables import build_tables, extra_column, render_table_markdown
 
 BLOCK = re.compile(r"(<!-- report: (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /report -->)", re.S)
 
@@ -47,6 +47,7 @@ def report_arguments(args: str) -> argparse.Namespace:
     parser.add_argument("dirs", nargs="+")
     parser.add_argument("--selection", choices=SELECTION_NAMES, default=DEFAULT_SELECTION)
     parser.add_argument("--oracle-env", default=None)
+    parser.add_argument("--also-selection", choices=[n for n in SELECTION_NAMES if n != "oracle"], default=None)
     return parser.parse_args(shlex.split(args))
 
 
@@ -57,8 +58,10 @@ def render_block(args: str, root: Path) -> str:
     if missing:
         raise FileNotFoundError(f"report block '{args}': no directory {missing} under {root}")
     selection = get_selection(options.selection, options.oracle_env)
-    tables = build_tables(load_runs([root / d for d in options.dirs]), selection)
-    return "\n\n".join(render_table_markdown(table) for table in tables) + "\n"
+    runs = load_runs([root / d for d in options.dirs])
+    also = get_selection(options.also_selection) if options.also_selection else None
+    tables = build_tables(runs, selection)
+    return "\n\n".join(render_table_markdown(t, also and extra_column(t, runs, also)) for t in tables) + "\n"
 
 
 def refresh(text: str, root: Path) -> tuple[str, list[str]]:

@@ -10,6 +10,10 @@ never averaged: they are counted in the row's notes.
 
 The CSV has the same content, one line per cell: ``mean``, ``std`` (percent; empty when
 undefined) and ``n``.
+
+A second selection (``--also-selection``) adds one column: the most OOD test env (the last
+in natural order, e.g. ``p0.9``) under that selection, from the same runs, so a table can
+show the paper's selection and training-env validation side by side.
 """
 
 from __future__ import annotations
@@ -219,8 +223,37 @@ def selection_header(selection: SelectionMethod) -> list[str]:
     ]
 
 
-def render_table_markdown(table: Table) -> str:
-    header = ["algorithm", *table.columns, "n", "notes"]
+@dataclass(frozen=True)
+class ExtraColumn:
+    """One test env's cells under a second selection, keyed by row (algorithm, tag, settings)."""
+
+    env: str
+    selection: SelectionMethod
+    cells: Mapping[tuple[str, str, str], Cell]  # row key -> cell
+
+    @property
+    def header(self) -> str:
+        return f"{self.env} ({self.selection.label})"
+
+
+def row_key(row: Row) -> tuple[str, str, str]:
+    return (row.algorithm, row.tag, row.settings)
+
+
+def extra_column(table: Table, runs: Iterable[Run], selection: SelectionMethod) -> Optional[ExtraColumn]:
+    """``table``'s most OOD test env (the last test column) under ``selection``, from ``runs``
+    (the runs the table was built from); None when the table has no test env."""
+    test_columns = [c for c in table.columns if c != TRAIN_COLUMN]
+    if not test_columns:
+        return None
+    env = test_columns[-1]
+    (other,) = build_tables([run for run in runs if run.data == table.data], selection)
+    cells = {row_key(row): row.cells.get(env, Cell(())) for row in other.rows}
+    return ExtraColumn(env, selection, cells)
+
+
+def render_table_markdown(table: Table, extra: Optional[ExtraColumn] = None) -> str:
+    header = ["algorithm", *table.columns, *([extra.header] if extra else []), "n", "notes"]
     lines = [
         f"### {table.data}",
         "",
@@ -231,6 +264,8 @@ def render_table_markdown(table: Table) -> str:
     ]
     for row in table.rows:
         cells = [format_cell(row.cells[c], row.n) for c in table.columns]
+        if extra:  # "(n=…)" when the second selection found a record in fewer runs
+            cells.append(format_cell(extra.cells.get(row_key(row), Cell(())), row.n))
         notes = _md_escape(row_notes(row, table.selection))
         parts = [_md_escape(row.label(table.show_tags, table.show_settings)), *cells, str(row.n), notes]
         lines.append("| " + " | ".join(parts) + " |")
@@ -243,10 +278,17 @@ def render_table_markdown(table: Table) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(tables: Sequence[Table], selection: SelectionMethod) -> str:
-    """The whole report: the selection header, then one table per data set."""
+def render_markdown(
+    tables: Sequence[Table], selection: SelectionMethod, extras: Sequence[Optional[ExtraColumn]] = ()
+) -> str:
+    """The whole report: the selection header, then one table per data set (with its
+    second-selection column from ``extras``, aligned with ``tables``, if given)."""
     parts = ["\n".join(selection_header(selection))]
-    parts += [render_table_markdown(table) for table in tables]
+    extras = list(extras) or [None] * len(tables)
+    if any(extras):
+        also = next(e for e in extras if e).selection
+        parts[0] += f"\n\nThe column `<env> ({also.label})`: {also.description}."
+    parts += [render_table_markdown(table, extra) for table, extra in zip(tables, extras)]
     return "\n\n".join(parts) + "\n"
 
 
