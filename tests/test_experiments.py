@@ -32,8 +32,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import metairm_pl.config_schema  # noqa: F401  (registers schemas)
+from metairm_pl import precision
 from metairm_pl.files import read_jsonl
-from metairm_pl.precision import default_precision
 from metairm_pl.resolvers import register_resolvers
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -217,7 +217,8 @@ def test_command_line_values_replace_the_files_sweep_values():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_first_job_composes_with_the_experiments_settings(name, tmp_path):
+def test_first_job_composes_with_the_experiments_settings(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: False)  # 32-true: no precision in names
     spec = SPECS[name]
     first_job = sweep_jobs(sweep_params(name))[0]
     cfg = compose_with_hydra([experiment_override(name)] + first_job, tmp_path)
@@ -242,10 +243,7 @@ def test_first_job_composes_with_the_experiments_settings(name, tmp_path):
     sweep_dir = Path(cfg.hydra.sweep.dir)
     assert sweep_dir == tmp_path / "sweeps" / name
     knobs = ",".join(sorted(f"{k}={v}" for k, v in (o.split("=", 1) for o in first_job) if k in spec.knobs))
-    # the resolved precision names itself last (resolvers.run_dirname; tested in test_precision)
-    precision = "trainer.precision=bf16-mixed" if cfg.trainer.precision == "bf16-mixed" else ""
-    settings = ",".join(part for part in (knobs, precision) if part) or "default"
-    expected = f"{cfg.data.name}/{spec.algorithms[0]}/{settings}/seed=0"
+    expected = f"{cfg.data.name}/{spec.algorithms[0]}/{knobs or 'default'}/seed=0"
     assert cfg.hydra.sweep.subdir == expected
     assert Path(cfg.hydra.run.dir) == sweep_dir / expected
 
@@ -271,6 +269,7 @@ def test_multirun_launches_each_job_with_its_directory_and_tag(tmp_path, monkeyp
     """The real thing, with a no-op task: Hydra's basic sweeper and launcher on
     ``-m experiment=table3 algorithm=irm seed=0`` run the three sizes in three directories."""
     launched = []
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: True)  # IRMv1's default is then bf16
 
     @hydra.main(config_path=str(CONF), config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> None:
@@ -294,10 +293,9 @@ def test_multirun_launches_each_job_with_its_directory_and_tag(tmp_path, monkeyp
     finally:
         GlobalHydra.instance().clear()
     root = tmp_path / "outputs" / "sweeps" / "table3" / "cmnist" / "irm"
-    bf16 = default_precision("irm", "cmnist") == "bf16-mixed"  # this machine's default names itself
-    suffix = ",trainer.precision=bf16-mixed" if bf16 else ""
     assert sorted(launched) == sorted(
-        (str(root / f"data.train_env_size={n}{suffix}" / "seed=0"), f"table3_n{n}", n, "irm") for n in SIZES
+        (str(root / f"data.train_env_size={n},trainer.precision=bf16-mixed" / "seed=0"), f"table3_n{n}", n, "irm")
+        for n in SIZES
     )
     assert (tmp_path / "outputs" / "sweeps" / "table3" / "multirun.yaml").exists()
 

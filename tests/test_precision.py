@@ -42,6 +42,12 @@ def test_bf16_without_native_support_warns_once_in_one_line(monkeypatch, caplog)
     assert "\n" not in record.getMessage() and "trainer.precision=32-true" in record.getMessage()
 
 
+def test_accelerator_auto_cannot_be_told_so_the_default_is_float32(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    assert precision.native_bf16("cpu") is True and precision.native_bf16("auto") is None
+    assert precision.default_precision("irm", "cmnist", "auto") == "32-true"
+
+
 @pytest.mark.parametrize("flags", [{"avx512_bf16"}, {"amx_bf16", "avx2"}, {"bf16", "asimd"}, set()])
 def test_no_warning_with_native_bf16_or_when_it_cannot_be_told(monkeypatch, caplog, flags):
     monkeypatch.setattr(precision.log, "disabled", False)
@@ -97,7 +103,16 @@ def test_default_precision_needs_parity_image_data_and_native_bf16(monkeypatch, 
     monkeypatch.setattr(precision, "native_bf16", lambda accelerator: native)
     assert precision.default_precision(algorithm, data, "cpu") == expected
     line = precision.describe_precision(expected, algorithm, data, "cpu")
-    assert line.startswith(f"precision: {expected} (default: ") and "\n" not in line
+    reason = {
+        "bf16-mixed": f"{algorithm} has bf16 parity on Colored MNIST, {precision.BF16_PARITY.get(algorithm)}",
+        "32-true": (
+            f"{algorithm} has no bf16 parity evidence yet" if algorithm not in precision.BF16_PARITY
+            else f"{algorithm}'s bf16 parity was shown on Colored MNIST, not on {data}" if data == "psst2"
+            else "this cpu has no native bf16" if native is False
+            else "whether this cpu has native bf16 cannot be told"
+        ),
+    }[expected]  # fmt: skip
+    assert line.startswith(f"precision: {expected} (default: {reason}") and "\n" not in line
 
 
 def test_an_unlisted_method_defaults_to_float32_and_says_why(monkeypatch):
@@ -106,7 +121,7 @@ def test_an_unlisted_method_defaults_to_float32_and_says_why(monkeypatch):
     assert precision.default_precision(unlisted, "cmnist") == "32-true"
     assert "no bf16 parity evidence yet" in precision.describe_precision("32-true", unlisted, "cmnist")
     typed = precision.describe_precision("bf16-mixed", unlisted, "cmnist")
-    assert typed == "precision: bf16-mixed (set on the command line; the default here is 32-true)"
+    assert typed == "precision: bf16-mixed (set explicitly; the default here is 32-true)"
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -146,6 +161,9 @@ def test_the_default_and_the_typed_precision_share_a_run_directory_and_fingerpri
     assert Path(fp32_dir) == tmp_path / "runs" / "cmnist" / "irm" / "default" / "seed=0"
     assert Path(bf16_dir) == tmp_path / "runs" / "cmnist" / "irm" / "trainer.precision=bf16-mixed" / "seed=0"
     assert Path(composed("tag=x", "trainer.precision=32-true")[0]).parent.name == "tag=x"
+    # in its sorted place, as Hydra named typed bf16 runs before the default existed
+    knobs = ("tag=x", "trainer.val_check_interval=50", "trainer.precision=bf16-mixed")
+    assert Path(composed(*knobs)[0]).parent.name == "tag=x,trainer.precision=bf16-mixed,trainer.val_check_interval=50"
     assert (
         Path(composed("tag=x", "trainer.precision=bf16-mixed")[0]).parent.name == "tag=x,trainer.precision=bf16-mixed"
     )

@@ -33,17 +33,38 @@ def run_dirname(overrides: str, default: str, precision: str = "32-true") -> str
     of them (deterministic, so a relaunch finds the same directory).
 
     ``trainer.precision`` is excluded from ``override_dirname`` and named from the resolved
-    ``precision`` instead (appended unless ``32-true``): a run that gets bf16-mixed by default
-    shares its directory with the same run typed with ``trainer.precision=bf16-mixed``, and
-    a default that differs between machines never mixes two precisions in one directory."""
+    ``precision`` instead (in its sorted place, unless ``32-true``): a run that gets
+    bf16-mixed by default has the directory of the same run typed with
+    ``trainer.precision=bf16-mixed`` (the name it always had), and a default that differs
+    between machines never mixes two precisions in one directory."""
     if precision != "32-true":
-        overrides = f"{overrides},trainer.precision={precision}" if overrides else f"trainer.precision={precision}"
+        items = _override_items(overrides) + [f"trainer.precision={precision}"]
+        overrides = ",".join(sorted(items))  # sorted, as Hydra sorts override_dirname's items
     if not overrides:
         return default
     if len(overrides.encode()) <= MAX_DIRNAME_CHARS:
         return overrides
     digest = hashlib.sha256(overrides.encode()).hexdigest()[:12]
     return f"{overrides.encode()[: MAX_DIRNAME_CHARS - 14].decode(errors='ignore')}..{digest}"
+
+
+def _override_items(overrides: str) -> list[str]:
+    """The ``key=value`` items of an ``override_dirname``: split at the commas outside
+    brackets and quotes (a list or dict value holds commas of its own)."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(overrides):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(overrides[start:i])
+            start = i + 1
+    return [*items, overrides[start:]] if overrides else []
 
 
 def register_resolvers() -> None:

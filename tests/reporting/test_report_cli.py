@@ -3,6 +3,7 @@ clearly (exit code 2) when there is nothing to report."""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import types
@@ -112,6 +113,8 @@ def test_also_selection_adds_one_column_per_table_and_says_what_it_is(tmp_path, 
     runs = str(FIXTURES / "runs")
     assert report.main([runs, "--selection", "last", "--also-selection", "train_val", "--out", str(tmp_path)]) == 0
     with_column = (tmp_path / "table.md").read_text()
+    csv_selections = {row["selection"] for row in csv.DictReader((tmp_path / "table.csv").open())}
+    assert csv_selections == {"last evaluation", "training-env validation"}
     assert report.main([runs, "--selection", "last", "--out", str(tmp_path)]) == 0
     without = (tmp_path / "table.md").read_text()
     capsys.readouterr()

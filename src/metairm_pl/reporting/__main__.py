@@ -24,6 +24,7 @@ from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, SelectionMethod, get_selection
 from metairm_pl.reporting.tables import (
     CSV_FIELDS,
+    ExtraColumn,
     Table,
     build_tables,
     csv_rows,
@@ -74,6 +75,7 @@ def log_to_wandb(
     plot_paths: Sequence[Path],
     out_dir: Path,
     dirs: Sequence[str],
+    extras: Sequence[Optional[ExtraColumn]] = (),
 ) -> None:
     """Log the table (``wandb.Table``) and plots (``wandb.Image``) to a new W&B run."""
     import wandb
@@ -89,7 +91,7 @@ def log_to_wandb(
         config={"selection": selection.label, "dirs": [str(d) for d in dirs]},
     )
     try:
-        rows = csv_rows(tables)
+        rows = csv_rows(tables, extras)
         table = wandb.Table(columns=list(CSV_FIELDS), data=[[row[k] for k in CSV_FIELDS] for row in rows])
         payload = {"results": table}
         payload.update({f"plots/{path.stem}": wandb.Image(str(path)) for path in plot_paths})
@@ -126,7 +128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(markdown, end="")
     out_dir = Path(args.out or args.dirs[0])
     atomic_write_text(out_dir / TABLE_MD, markdown)
-    atomic_write_text(out_dir / TABLE_CSV, render_csv(tables))
+    atomic_write_text(out_dir / TABLE_CSV, render_csv(tables, extras))
     written = [out_dir / TABLE_MD, out_dir / TABLE_CSV]
     plot_paths: list[Path] = []
     if args.plots:
@@ -136,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         written += plot_paths
     print("wrote: " + ", ".join(str(p) for p in written), file=sys.stderr)
     if args.wandb:
-        log_to_wandb(tables, selection, plot_paths, out_dir, args.dirs)
+        log_to_wandb(tables, selection, plot_paths, out_dir, args.dirs, extras)
     return 0
 
 

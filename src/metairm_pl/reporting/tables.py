@@ -9,7 +9,7 @@ finished run has is ``—``.  Each run contributes one record, chosen by a
 never averaged: they are counted in the row's notes.
 
 The CSV has the same content, one line per cell: ``mean``, ``std`` (percent; empty when
-undefined) and ``n``.
+undefined) and ``n``, and the ``selection`` that chose the cell's records.
 
 A second selection (``--also-selection``) adds one column: the most OOD test env (the last
 in natural order, e.g. ``p0.9``) under that selection, from the same runs, so a table can
@@ -298,13 +298,17 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-def csv_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
-    """One dict per table cell; ``mean``/``std`` in percent (None when undefined)."""
+def csv_rows(tables: Sequence[Table], extras: Sequence[Optional[ExtraColumn]] = ()) -> list[dict[str, Any]]:
+    """One dict per table cell, then per second-selection cell (``extras``, aligned with
+    ``tables``; its ``selection`` names it); ``mean``/``std`` in percent (None when undefined)."""
     rows = []
-    for table in tables:
+    extras = list(extras) or [None] * len(tables)
+    for table, extra in zip(tables, extras):
         for row in table.rows:
-            for column in table.columns:
-                cell = row.cells[column]
+            cells = [(table.selection, column, row.cells[column]) for column in table.columns]
+            if extra:
+                cells.append((extra.selection, extra.env, extra.cells.get(row_key(row), Cell(()))))
+            for selection, column, cell in cells:
                 split, env = ("train", "mean") if column == TRAIN_COLUMN else ("test", column)
                 rows.append(
                     {
@@ -312,7 +316,7 @@ def csv_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
                         "algorithm": row.algorithm,
                         "tag": row.tag,
                         "settings": row.settings,
-                        "selection": table.selection.label,
+                        "selection": selection.label,
                         "split": split,
                         "env": env,
                         "mean": cell.mean,
@@ -326,12 +330,12 @@ def csv_rows(tables: Sequence[Table]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_csv(tables: Sequence[Table]) -> str:
+def render_csv(tables: Sequence[Table], extras: Sequence[Optional[ExtraColumn]] = ()) -> str:
     """The tables as CSV, one line per cell; numbers in percent with 4 decimals."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for row in csv_rows(tables):
+    for row in csv_rows(tables, extras):
         row = dict(row)
         for key in ("mean", "std"):
             row[key] = "" if row[key] is None else f"{row[key]:.4f}"
