@@ -43,6 +43,7 @@ BF16_PARITY = {
     "erm": "-0.02 ± 0.23 points, 10 paired seeds",
     "irm": "+0.25 ± 0.28 points, 10 paired seeds",
     "meta_irm": "+0.38 ± 0.46 points, 10 paired seeds",
+    "vrex": "+0.01 ± 0.02 points, 10 paired seeds",
 }
 # The parity runs trained the MLP on Colored MNIST (data=cmnist). The default extends them to
 # the Colored MNIST variants (cmnist5/10, cmnist_patch/patch3, cmnist_pe_sweep): the same MLP on
