@@ -44,6 +44,7 @@ BF16_PARITY = {
     "grayscale": "-0.04 ± 0.07 points, 10 paired seeds",
     "irm": "+0.25 ± 0.28 points, 10 paired seeds",
     "meta_irm": "+0.38 ± 0.46 points, 10 paired seeds",
+    "mmrex": "+0.52 ± 0.50 points, 10 paired seeds",
     "vrex": "+0.01 ± 0.02 points, 10 paired seeds",
 }
 # The parity runs trained the MLP on Colored MNIST (data=cmnist). The default extends them to
