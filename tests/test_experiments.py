@@ -77,7 +77,8 @@ SPECS = {
     ),
     "table4": Spec(["irm", "vrex", "meta_irm"], {"cmnist_patch": "cmnist_patch"}, P_ENVS, tag="table4"),
     "table5": Spec(
-        ["meta_irm", "meta_irm_no_std", "meta_irm_first_order", "meta_irm_same_env"],
+        ["meta_irm", "meta_irm_no_std", "meta_irm_first_order", "meta_irm_same_env"]
+        + ["meta_irm_no_std_own", "meta_irm_first_order_own", "meta_irm_same_env_own"],
         {"cmnist": "cmnist"},
         ["p0.1", "p0.9"],
         tag="table5",
@@ -119,7 +120,7 @@ SPECS = {
         extra={"trainer.val_check_interval": 10},
     ),
 }
-JOBS = {"table1": 60, "table2": 80, "table3": 90, "table4": 30, "table5": 40, "table6": 120,
+JOBS = {"table1": 60, "table2": 80, "table3": 90, "table4": 30, "table5": 70, "table6": 120,
         "fig3": 60, "fig4": 120, "fig5": 90, "fig6": 30}  # fmt: skip
 
 

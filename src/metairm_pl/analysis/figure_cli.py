@@ -24,6 +24,9 @@ ALGORITHM_LABELS = {
     "meta_irm_no_std": "Meta-IRM (no std loss)",
     "meta_irm_first_order": "Meta-IRM (first order)",
     "meta_irm_same_env": "Meta-IRM (same env)",
+    "meta_irm_no_std_own": "Meta-IRM (no std loss, own search)",
+    "meta_irm_first_order_own": "Meta-IRM (first order, own search)",
+    "meta_irm_same_env_own": "Meta-IRM (same env, own search)",
 }
 
 
