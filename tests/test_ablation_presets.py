@@ -13,7 +13,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from metairm_pl.analysis.replay_std_stop import as_final, replay_stop
-from metairm_pl.reporting.records import load_runs
+from metairm_pl.reporting.records import RunStatus, load_runs
+from metairm_pl.run_dir import FINAL_FILE
 from metairm_pl.search_objective import search_objective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +27,10 @@ OBJECTIVE = "std_stopped_val_acc"
 
 def stage1_trials(variant: str) -> list[tuple[float, dict]]:
     """(objective, searched values) of every finished trial of the variant's stage-1 search."""
-    runs = [r for r in load_runs([SEARCHES / f"hparams_{variant}_cmnist"]) if r.status.value == "done"]
+    runs = [r for r in load_runs([SEARCHES / f"hparams_{variant}_cmnist"]) if r.status is RunStatus.DONE]
     trials = []
     for run in runs:
-        final = json.loads((run.path / "final.json").read_text())
+        final = json.loads((run.path / FINAL_FILE).read_text())
         values = {key: run.config_value(f"algorithm.{key}") for key in STAGE1_KEYS}
         values["min_steps"] = run.config_value("callbacks.std_early_stopping.min_steps")
         trials.append((search_objective(final, OBJECTIVE), values))
@@ -83,6 +84,9 @@ def test_own_preset_stops_at_the_stage2_winner(variant, make_config):
     cfg = make_config([f"algorithm={variant}_own", "data=cmnist"], name=variant)
     stop = cfg.callbacks.std_early_stopping
     assert scores[stop.min_steps] == best
+    stage1_value = stage1_min_steps(variant)
+    if scores[stage1_value] == best:  # a tie with the stage-1 value keeps it
+        assert stop.min_steps == stage1_value
     assert stop.std_threshold == 0.001 and cfg.model.hidden_dim == 128 and cfg.trainer.max_steps == 401
 
 
@@ -95,6 +99,11 @@ def test_stage2_run_is_the_stage1_winner_with_the_stop_disabled(variant, make_co
     assert run.config_value("callbacks.std_early_stopping.std_threshold") < 1e-6
     assert run.config_value("trainer.precision") == "32-true" and run.seed == 0
     assert run.records[-1]["step"] >= 401
+
+
+def stage1_min_steps(variant: str) -> int:
+    verdict = yaml.safe_load((SEARCHES / f"hparams_{variant}_cmnist" / "optimization_results.yaml").read_text())
+    return verdict["best_params"]["callbacks.std_early_stopping.min_steps"]
 
 
 def as_floats(values: dict) -> dict:
