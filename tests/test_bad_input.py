@@ -156,6 +156,11 @@ def test_a_non_finite_number_anywhere_is_named(make_config, override):
     assert f"{override.split()[-1]}: not a finite number" in message
 
 
+def test_an_unknown_stop_metric_is_named_with_the_allowed_ones(make_config):
+    message = failure_of(make_config, SHORT + ["algorithm=meta_irm", "callbacks.std_early_stopping.metric=f1"])
+    assert "metric='f1' is not allowed" in message and "['loss', 'acc']" in message
+
+
 @pytest.mark.parametrize("override", ["trainer.max_steps=0", "trainer.max_steps=-1", "trainer.val_check_interval=0",
                                       "trainer.log_every_n_steps=0", "trainer.max_steps=2.5"])  # fmt: skip
 def test_a_step_budget_must_be_a_positive_integer(make_config, override):

@@ -45,6 +45,20 @@ def test_std_falls_back_to_the_population_std_of_the_validation_losses():
         record_std({"step": 3, "val/a/loss": 0.5})
 
 
+def test_accuracy_metric_replays_the_std_of_validation_accuracies():
+    """--metric acc ignores the loss std the run recorded and uses val/*/acc (or its own key)."""
+    records = [
+        {"step": 10, "early_stop/val_loss_std": 0.0, "val/a/acc": 0.70, "val/b/acc": 0.68},
+        {"step": 20, "early_stop/val_loss_std": 0.5, "val/a/acc": 0.70, "val/b/acc": 0.6988},
+        {"step": 30, "early_stop/val_acc_std": 0.0002, "val/a/acc": 0.9, "val/b/acc": 0.1},
+    ]
+    assert record_std(records[0], "acc") == pytest.approx(0.01)
+    assert record_std(records[2], "acc") == pytest.approx(0.0002)  # the callback's own value wins
+    assert replay_stop(records, 0.001, 0, metric="acc") == (records[1], True)
+    assert replay_stop(records, 0.001, 0) == (records[0], True)  # the loss std, as recorded
+    assert replay_stop(records, 0.001, 25, metric="acc") == (records[2], True)
+
+
 def test_objective_reads_validation_accuracy_and_the_stop_flag():
     record = {"step": 40, "val/a/acc": 0.6, "val/b/acc": 0.7, "test/t/acc": 0.99, "seed": 0}
     assert as_final(record, True)["metrics"] == {"val/a/acc": 0.6, "val/b/acc": 0.7, "test/t/acc": 0.99}

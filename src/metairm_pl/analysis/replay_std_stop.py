@@ -2,13 +2,15 @@
 
     python -m metairm_pl.analysis.replay_std_stop RUN_DIR --min-steps 150 200 250 [--threshold 0.001 ...]
                                                   [--max-steps N] [--objective std_stopped_val_acc]
+                                                  [--metric loss|acc]
 
 Training does not depend on the stop's settings: the stop only truncates a run. So the
 records of one run that went on past its stop (for example with a threshold no std reaches,
 ``callbacks.std_early_stopping.std_threshold=1e-9``) hold, for every (min_steps, threshold),
 the exact run that setting would have trained: the first evaluation at step >= min_steps
 whose ``early_stop/val_loss_std`` (the std the callback computed) is below the threshold, or
-the last evaluation if there is none. With ``--max-steps``, evaluations after it are left
+the last evaluation if there is none (``--metric acc``: the std of the training envs'
+validation accuracies instead, the callback's ``metric=acc``). With ``--max-steps``, evaluations after it are left
 out; a run capped there also evaluates at the cap itself, which the longer run did not, so
 a "never" row reads the last evaluation before the cap. For each setting this prints the
 stop step and the search objective of that record (:mod:`metairm_pl.search_objective`);
@@ -24,27 +26,33 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metairm_pl.callbacks.std_early_stopping import population_std
+from metairm_pl.callbacks.std_early_stopping import METRICS, population_std
 from metairm_pl.errors import ConfigError
 from metairm_pl.files import read_jsonl
 from metairm_pl.run_dir import RESULTS_FILE, results_path
 from metairm_pl.search_objective import OBJECTIVES, search_objective
 
-STD_KEY = "early_stop/val_loss_std"
 
-
-def record_std(record: dict) -> float:
-    """The std the callback computed for this evaluation, else the std of its ``val/*/loss``."""
-    if record.get(STD_KEY) is not None:
-        return float(record[STD_KEY])
-    losses = [v for k, v in record.items() if k.startswith("val/") and k.endswith("/loss")]
-    if len(losses) < 2:
-        raise ConfigError(f"record at step {record.get('step')} has no std and < 2 validation losses to compute it.")
-    return population_std(losses)
+def record_std(record: dict, metric: str = "loss") -> float:
+    """The std of ``metric`` the callback computed for this evaluation, else the population
+    std of the record's ``val/*/<metric>``."""
+    computed = record.get(f"early_stop/val_{metric}_std")
+    if computed is not None:
+        return float(computed)
+    values = [v for k, v in record.items() if k.startswith("val/") and k.endswith(f"/{metric}")]
+    if len(values) < 2:
+        raise ConfigError(
+            f"record at step {record.get('step')} has no {metric} std and < 2 validation {METRICS[metric]} to compute it."
+        )
+    return population_std(values)
 
 
 def replay_stop(
-    records: Sequence[dict], std_threshold: float, min_steps: int, max_steps: Optional[int] = None
+    records: Sequence[dict],
+    std_threshold: float,
+    min_steps: int,
+    max_steps: Optional[int] = None,
+    metric: str = "loss",
 ) -> tuple[dict, bool]:
     """The record the stop would keep, and whether it stopped (else the last record)."""
     if max_steps is not None:
@@ -52,7 +60,7 @@ def replay_stop(
     if not records:
         raise ConfigError("the run has no evaluation records to replay.")
     for record in records:
-        if record["step"] >= min_steps and record_std(record) < std_threshold:
+        if record["step"] >= min_steps and record_std(record, metric) < std_threshold:
             return record, True
     return records[-1], False
 
@@ -70,6 +78,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threshold", type=float, nargs="+", default=[0.001])
     parser.add_argument("--max-steps", type=int, default=None, help="leave out evaluations after this step")
     parser.add_argument("--objective", default="std_stopped_val_acc", choices=sorted(OBJECTIVES))
+    parser.add_argument(
+        "--metric", default="loss", choices=sorted(METRICS), help="std of validation losses or accuracies"
+    )
     args = parser.parse_args(argv)
     results = results_path(args.run_dir)
     try:
@@ -81,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{'threshold':>10} {'min_steps':>9} {'stop step':>9} {args.objective:>20}")
         for threshold in args.threshold:
             for min_steps in args.min_steps:
-                record, stopped = replay_stop(records, threshold, min_steps, args.max_steps)
+                record, stopped = replay_stop(records, threshold, min_steps, args.max_steps, args.metric)
                 value = search_objective(as_final(record, stopped), args.objective)
                 where = str(record["step"]) if stopped else f"never ({record['step']})"
                 print(f"{threshold:>10g} {min_steps:>9d} {where:>9} {value:>20.4f}")
