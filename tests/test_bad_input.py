@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from metairm_pl.errors import ConfigError, user_error_in
+from metairm_pl.errors import EXIT_USAGE, ConfigError, DataUnavailableError, exits_on_user_error, user_error_in
 from metairm_pl.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +215,24 @@ def test_psst2_with_the_image_mlp_names_the_model_to_use(make_config):
 def test_split_validation_with_shared_pairing_names_the_fix(make_config):
     message = failure_of(make_config, ["data=cmnist", "data.val_source=split"])
     assert "val_pairing=shared needs val_source=heldout" in message and "data.val_pairing=independent" in message
+
+
+def test_a_command_prints_a_user_error_as_one_line_and_exits_2(capsys):
+    @exits_on_user_error
+    def command(fail: bool) -> int:
+        if fail:
+            raise DataUnavailableError("no MNIST under /nowhere; pass --data-dir")
+        return 0
+
+    assert command(False) == 0
+    assert command(True) == EXIT_USAGE == 2
+    assert capsys.readouterr().err == "error: no MNIST under /nowhere; pass --data-dir\n"
+
+
+def test_a_command_lets_a_programming_error_through():
+    @exits_on_user_error
+    def command() -> int:
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        command()

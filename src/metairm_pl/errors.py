@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import sys
+from typing import Callable, Optional
+
+EXIT_USAGE = 2
 
 
 class UserError(Exception):
@@ -45,3 +49,18 @@ def describe_failure(error: BaseException) -> str:
     user_error = user_error_in(error)
     reason = str(user_error) if user_error is not None else f"{type(error).__name__}: {error}"
     return " ".join(reason.split())
+
+
+def exits_on_user_error(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a command's ``main``: a :class:`UserError` prints ``error: <message>`` on stderr
+    and returns :data:`EXIT_USAGE` instead of a traceback."""
+
+    @functools.wraps(main)
+    def guarded(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USAGE
+
+    return guarded

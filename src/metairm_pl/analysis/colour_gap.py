@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from metairm_pl.errors import ConfigError
+from metairm_pl.errors import ConfigError, exits_on_user_error
 from metairm_pl.files import read_jsonl
 from metairm_pl.run_dir import RESULTS_FILE
 
@@ -93,6 +93,7 @@ def find_results(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", type=Path, nargs="+")
@@ -100,20 +101,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--val", nargs=2, default=["p0.2", "p0.1"], metavar=("FLIPPED_MORE", "FLIPPED_LESS"))
     parser.add_argument("--test", nargs=2, default=["p0.1", "p0.9"], metavar=("FLIPPED_LESS", "FLIPPED_MORE"))
     args = parser.parse_args(argv)
-    try:
-        files = find_results(args.paths)
-        points = [
-            p for f in files for p in gap_points(read_jsonl(f), tuple(args.val), tuple(args.test), args.from_step)
-        ]
-        loss_gaps, acc_gaps, test_gaps = zip(*points) if points else ((), (), ())
-        print(f"{len(files)} runs, {len(points)} evaluations at step >= {args.from_step}; test gap in points")
-        print(f"{'signal':<28} {'slope':>10} {'intercept':>10} {'r':>6}")
-        for name, xs in (("loss gap (paper's statistic)", loss_gaps), ("accuracy gap (points)", acc_gaps)):
-            line = fit_line(list(xs), list(test_gaps))
-            print(f"{name:<28} {line.slope:>10.3f} {line.intercept:>+10.2f} {line.r:>6.3f}")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    files = find_results(args.paths)
+    points = [p for f in files for p in gap_points(read_jsonl(f), tuple(args.val), tuple(args.test), args.from_step)]
+    loss_gaps, acc_gaps, test_gaps = zip(*points) if points else ((), (), ())
+    print(f"{len(files)} runs, {len(points)} evaluations at step >= {args.from_step}; test gap in points")
+    print(f"{'signal':<28} {'slope':>10} {'intercept':>10} {'r':>6}")
+    for name, xs in (("loss gap (paper's statistic)", loss_gaps), ("accuracy gap (points)", acc_gaps)):
+        line = fit_line(list(xs), list(test_gaps))
+        print(f"{name:<28} {line.slope:>10.3f} {line.intercept:>+10.2f} {line.r:>6.3f}")
     return 0
 
 

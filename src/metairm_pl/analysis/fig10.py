@@ -72,10 +72,9 @@ from metairm_pl.analysis.figure_cli import (
 )
 from metairm_pl.analysis.similarity import DEFAULT_EPSILON, DEFAULT_METHOD, safe_similarity
 from metairm_pl.analysis.trained_run import LoadedRun, read_run_config
-from metairm_pl.errors import ConfigError, UserError
+from metairm_pl.errors import EXIT_USAGE, ConfigError, exits_on_user_error
 from metairm_pl.reporting.plots import parse_p
 
-EXIT_USAGE = 2
 AUTO_LAYER = "auto"
 DEFAULT_REFERENCE = "p0.1"
 CSV_NAME = "fig10.csv"
@@ -280,19 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        rows = []
-        for run_dir in find_trained_run_dirs(args.runs):
-            overrides = list(args.override)
-            if not args.no_control:
-                overrides += control_override(run_dir, args.reference, overrides)
-            (run,) = load_runs_for_figure([run_dir], data_dir=args.data_dir, overrides=overrides)
-            rows += fig10_rows(run, args.layer, args.reference, args.epsilon, args.symmetric, args.pwcca)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    rows = []
+    for run_dir in find_trained_run_dirs(args.runs):
+        overrides = list(args.override)
+        if not args.no_control:
+            overrides += control_override(run_dir, args.reference, overrides)
+        (run,) = load_runs_for_figure([run_dir], data_dir=args.data_dir, overrides=overrides)
+        rows += fig10_rows(run, args.layer, args.reference, args.epsilon, args.symmetric, args.pwcca)
     if all_undefined(rows, "run and env"):
         return EXIT_USAGE
 

@@ -55,9 +55,8 @@ from metairm_pl.analysis.figure_cli import (
 )
 from metairm_pl.analysis.similarity import DEFAULT_EPSILON, DEFAULT_METHOD, safe_similarity
 from metairm_pl.analysis.trained_run import LoadedRun
-from metairm_pl.errors import ConfigError, UserError
+from metairm_pl.errors import EXIT_USAGE, ConfigError, exits_on_user_error
 
-EXIT_USAGE = 2
 CSV_NAME = "fig9.csv"
 SUMMARY_NAME = "fig9_summary.csv"
 PNG_NAME = "fig9.png"
@@ -229,18 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        runs = load_runs_for_figure(find_trained_run_dirs(args.runs), data_dir=args.data_dir, overrides=args.override)
-        rows = []
-        for run in runs:
-            rows += fig9_rows(
-                run, args.eval_data, args.epsilon, args.symmetric, args.inner_lr, args.inner_steps, args.pwcca
-            )
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    runs = load_runs_for_figure(find_trained_run_dirs(args.runs), data_dir=args.data_dir, overrides=args.override)
+    rows = []
+    for run in runs:
+        rows += fig9_rows(
+            run, args.eval_data, args.epsilon, args.symmetric, args.inner_lr, args.inner_steps, args.pwcca
+        )
     if all_undefined(rows, "layer"):
         return EXIT_USAGE
 

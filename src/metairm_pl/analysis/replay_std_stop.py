@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from metairm_pl.callbacks.std_early_stopping import METRICS, population_std
-from metairm_pl.errors import ConfigError
+from metairm_pl.errors import ConfigError, exits_on_user_error
 from metairm_pl.files import read_jsonl
 from metairm_pl.run_dir import RESULTS_FILE, results_path
 from metairm_pl.search_objective import OBJECTIVES, search_objective
@@ -71,6 +71,7 @@ def as_final(record: dict, stopped: bool) -> dict:
     return {"metrics": metrics, "stopped_early": stopped, "step": record["step"]}
 
 
+@exits_on_user_error
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -83,22 +84,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     results = results_path(args.run_dir)
-    try:
-        if not results.is_file():
-            raise ConfigError(f"{results} does not exist: pass a run directory (it holds {RESULTS_FILE}).")
-        if any(t <= 0 for t in args.threshold) or any(m < 0 for m in args.min_steps):
-            raise ConfigError(f"need thresholds > 0 and min_steps >= 0, got {args.threshold} and {args.min_steps}.")
-        records = read_jsonl(results)
-        print(f"{'threshold':>10} {'min_steps':>9} {'stop step':>9} {args.objective:>20}")
-        for threshold in args.threshold:
-            for min_steps in args.min_steps:
-                record, stopped = replay_stop(records, threshold, min_steps, args.max_steps, args.metric)
-                value = search_objective(as_final(record, stopped), args.objective)
-                where = str(record["step"]) if stopped else f"never ({record['step']})"
-                print(f"{threshold:>10g} {min_steps:>9d} {where:>9} {value:>20.4f}")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if not results.is_file():
+        raise ConfigError(f"{results} does not exist: pass a run directory (it holds {RESULTS_FILE}).")
+    if any(t <= 0 for t in args.threshold) or any(m < 0 for m in args.min_steps):
+        raise ConfigError(f"need thresholds > 0 and min_steps >= 0, got {args.threshold} and {args.min_steps}.")
+    records = read_jsonl(results)
+    print(f"{'threshold':>10} {'min_steps':>9} {'stop step':>9} {args.objective:>20}")
+    for threshold in args.threshold:
+        for min_steps in args.min_steps:
+            record, stopped = replay_stop(records, threshold, min_steps, args.max_steps, args.metric)
+            value = search_objective(as_final(record, stopped), args.objective)
+            where = str(record["step"]) if stopped else f"never ({record['step']})"
+            print(f"{threshold:>10g} {min_steps:>9d} {where:>9} {value:>20.4f}")
     return 0
 
 
