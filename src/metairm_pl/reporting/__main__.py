@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from metairm_pl.errors import EXIT_USAGE
 from metairm_pl.files import atomic_write_text
 from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, SelectionMethod, get_selection
@@ -34,7 +35,6 @@ from metairm_pl.reporting.tables import (
 )
 from metairm_pl.run_dir import RESULTS_FILE
 
-EXIT_USAGE = 2
 TABLE_MD = "table.md"
 TABLE_CSV = "table.csv"
 
