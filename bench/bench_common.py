@@ -79,12 +79,16 @@ def sync(device: torch.device) -> None:
 # --------------------------------------------------------------------------- data
 
 
-def make_cmnist_like_envs(env_size: int = CMNIST_ENV_SIZE, seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
-    """Two environments shaped like Colored MNIST: ``x`` float32 ``[n, 2, 14, 14]``, ``y`` int64 {0, 1}.
+def make_cmnist_like_envs(
+    env_size: int = CMNIST_ENV_SIZE, seed: int = 0, num_classes: int = 2
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Two environments shaped like Colored MNIST: ``x`` float32 ``[n, k, 14, 14]``, ``y`` int64 in [0, k).
 
-    Random "digit" intensities in [0, 1); the label gets 25% noise and the colour (the
-    channel holding the image, the other one is zero) is the label flipped with the env's
-    rate, as in the IRM construction.  Deterministic in ``seed``; nothing is downloaded.
+    k = ``num_classes`` (2: the IRM protocol; 5 and 10: Choe et al.'s, one channel per
+    colour). Random "digit" intensities in [0, 1); 25% label noise and the colour (the
+    channel holding the image, the others are zero) is the label "flipped" with the env's
+    rate, a flip being label + 1 mod k, as in the Colored MNIST constructions.
+    Deterministic in ``seed``; nothing is downloaded.
     """
     if env_size < 1:
         raise SystemExit(f"--env-size must be >= 1, got {env_size}.")
@@ -92,16 +96,18 @@ def make_cmnist_like_envs(env_size: int = CMNIST_ENV_SIZE, seed: int = 0) -> dic
     envs = {}
     for name, p_color in CMNIST_ENVS:
         pixels = torch.rand(env_size, *CMNIST_INPUT_SHAPE[1:], generator=generator)
-        clean = torch.randint(0, 2, (env_size,), generator=generator)
-        labels = torch.where(torch.rand(env_size, generator=generator) < LABEL_NOISE, 1 - clean, clean)
-        colour = torch.where(torch.rand(env_size, generator=generator) < p_color, 1 - labels, labels)
-        x = torch.zeros(env_size, *CMNIST_INPUT_SHAPE, dtype=torch.float32)
+        clean = torch.randint(0, num_classes, (env_size,), generator=generator)
+        noisy = torch.rand(env_size, generator=generator) < LABEL_NOISE
+        labels = torch.where(noisy, (clean + 1) % num_classes, clean)
+        flipped = torch.rand(env_size, generator=generator) < p_color
+        colour = torch.where(flipped, (labels + 1) % num_classes, labels)
+        x = torch.zeros(env_size, num_classes, *CMNIST_INPUT_SHAPE[1:], dtype=torch.float32)
         x[torch.arange(env_size), colour] = pixels
         envs[name] = (x, labels.long())
     return envs
 
 
-def make_datamodule(envs: dict[str, tuple[Tensor, Tensor]]):
+def make_datamodule(envs: dict[str, tuple[Tensor, Tensor]], num_classes: int = 2):
     """A full-batch :class:`MultiEnvDataModule` serving ``envs`` as the training environments.
 
     Everything but ``build_environments``/``num_classes`` (loader, device transfer and its
@@ -118,7 +124,7 @@ def make_datamodule(envs: dict[str, tuple[Tensor, Tensor]]):
 
         @property
         def num_classes(self) -> int:
-            return 2
+            return num_classes
 
         def build_environments(self) -> EnvironmentSplits:
             return EnvironmentSplits(train=dict(self._train_envs))
@@ -199,13 +205,19 @@ def make_trainer(steps: int, device: torch.device, deterministic: bool, callback
 
 
 def fit_and_time(
-    module, envs, steps: int, device: torch.device, deterministic: bool, precision: str = "32-true"
+    module,
+    envs,
+    steps: int,
+    device: torch.device,
+    deterministic: bool,
+    precision: str = "32-true",
+    num_classes: int = 2,
 ) -> dict:
     """Fit ``module`` for ``steps`` steps on a fresh full-batch datamodule at ``precision``; time it.
 
     A fresh datamodule per run, so nothing it caches survives into the next run.
     """
-    datamodule = make_datamodule(envs)
+    datamodule = make_datamodule(envs, num_classes)
     times, losses = StepTimes(device), []
     trainer = make_trainer(steps, device, deterministic, [step_timer_callback(times, steps, losses)], precision)
     sync(device)
@@ -300,6 +312,18 @@ def write_json(path: Optional[str], payload: dict) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     print(f"wrote {target}")
+
+
+def write_step_timings(path: Optional[str], benchmark: str, info: dict, args, per_step: dict, **extra) -> None:
+    """Write a step benchmark's JSON: system, options, per-run and median s/step, and ``extra``."""
+    write_json(path, {
+        "benchmark": benchmark,
+        "system": info,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "seconds_per_step": per_step,
+        "median_seconds_per_step": {key: median(values) for key, values in per_step.items()},
+        **extra,
+    })  # fmt: skip
 
 
 def load_composed(overrides: list[str]) -> Optional[dict]:

@@ -118,16 +118,16 @@ def main(argv=None) -> int:
     print()
     bc.print_table(["case", "fp32 s/step", "bf16 s/step", "bf16/fp32", "target", ""], rows)
     print(f"\nall losses finite: {'yes' if finite else 'NO'}")
-    bc.write_json(args.out, {
-        "benchmark": "precision",
-        "system": info,
-        "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "seconds_per_step": per_step,
-        "median_seconds_per_step": medians,
-        "ratio_bf16_to_fp32": ratios,
-        "targets": {c: TARGETS[c] for c in cases},
-        "pass": {c: ratios[c] <= TARGETS[c] for c in cases},
-    })  # fmt: skip
+    bc.write_step_timings(
+        args.out,
+        "precision",
+        info,
+        args,
+        per_step,
+        ratio_bf16_to_fp32=ratios,
+        targets={c: TARGETS[c] for c in cases},
+        **{"pass": {c: ratios[c] <= TARGETS[c] for c in cases}},
+    )
     return 0 if finite else 1
 
 

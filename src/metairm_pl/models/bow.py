@@ -45,7 +45,8 @@ class BagOfWordsMLP(nn.Module):
         self.register_buffer("embeddings", embeddings.detach().float().clone())
         dim = int(embeddings.shape[1])
         width = dim if hidden_dim is None else hidden_dim
-        self.head = MLP((dim,), num_outputs, hidden_dim=width, n_hidden_layers=n_hidden_layers)
+        # The head's input, a new mean at every call, never recurs: no input-cast cache.
+        self.head = MLP((dim,), num_outputs, hidden_dim=width, n_hidden_layers=n_hidden_layers, reuse_input_cast=False)
 
     @property
     def embedding_dim(self) -> int:

@@ -7,6 +7,7 @@ import math
 from torch import Tensor, nn
 
 from metairm_pl.errors import ConfigError
+from metairm_pl.models.input_cast import AutocastInputCache
 
 
 class MLP(nn.Module):
@@ -19,6 +20,9 @@ class MLP(nn.Module):
         n_hidden_layers: number of hidden layers (2 in the IRM code).
         grayscale: sum the colour channels before the first layer, which removes the colour
             feature (the "ERM (grayscale)" oracle).
+        reuse_input_cast: under autocast, cast an input that recurs unchanged (a full batch)
+            to the autocast dtype once (:class:`AutocastInputCache`); results are unchanged.
+            Off for grayscale, whose first-layer input is a new sum at every call.
     """
 
     def __init__(
@@ -28,6 +32,7 @@ class MLP(nn.Module):
         hidden_dim: int = 390,
         n_hidden_layers: int = 2,
         grayscale: bool = False,
+        reuse_input_cast: bool = True,
     ) -> None:
         super().__init__()
         if hidden_dim <= 0 or n_hidden_layers < 0:
@@ -49,8 +54,13 @@ class MLP(nn.Module):
             if index < len(widths) - 2:
                 layers.append(nn.ReLU())
         self.layers = nn.Sequential(*layers)
+        # Not a submodule or buffer: no parameters, nothing in the state dict.
+        self.input_cache = AutocastInputCache() if reuse_input_cast and not grayscale else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.grayscale:
             x = x.sum(dim=1)
-        return self.layers(x.flatten(start_dim=1))
+        x = x.flatten(start_dim=1)
+        if self.input_cache is not None:
+            x = self.input_cache(x)  # the first layer is an nn.Linear: autocast's own cast
+        return self.layers(x)
