@@ -7,6 +7,8 @@ as much as the layer's matmul on a CPU. :class:`AutocastInputCache` keeps the ca
 while the input is unchanged. The copy is what autocast would make (``Tensor.to``, round
 to nearest even), so training is bit-identical with and without the cache
 (``tests/models/test_input_cast.py``); ``bench/bench_input_cast.py`` measures the gain.
+The price is memory: one bf16 copy per recurring input, half its float32 size (98 MB per
+env for 10-class Colored MNIST). Minibatches, new tensors at every step, are cast anew.
 """
 
 from __future__ import annotations
