@@ -38,3 +38,11 @@ def test_a_changed_number_is_caught_and_rewritten(tmp_path):
     assert main([str(page), "--root", str(FIXTURES), "--check"]) == 1
     assert page.read_text() == tampered  # --check writes nothing
     assert main([str(page), "--root", str(FIXTURES)]) == 0 and page.read_text() == regenerated
+
+
+def test_a_block_can_demand_seeds_and_its_table_names_the_missing_ones():
+    demanding = "<!-- report: runs --selection last --expect-seeds 12 -->\n<!-- /report -->\n"
+    regenerated, _ = refresh(demanding, FIXTURES)
+    assert "11 missing |" in regenerated  # the fixtures have fewer than 12 seeds per row
+    plain, _ = refresh(demanding.replace(" --expect-seeds 12", ""), FIXTURES)
+    assert "missing" not in plain

@@ -126,3 +126,15 @@ def test_also_selection_adds_one_column_per_table_and_says_what_it_is(tmp_path, 
     for extended, plain in zip(headers(with_column), headers(without)):
         assert extended.count("|") == plain.count("|") + 1 and "(training-env validation) | n |" in extended
     assert "The column `<env> (training-env validation)`" in with_column
+
+
+def test_expect_seeds_names_missing_seeds_and_rejects_a_bad_count(tmp_path, capsys):
+    assert report.main([str(FIXTURES / "runs"), "--out", str(tmp_path), "--expect-seeds", "10"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
+    data_rows = [line for line in rows if not line.startswith("| algorithm")]
+    assert data_rows and all("missing" in line for line in data_rows)
+    for bad in ("0", "-3", "ten"):
+        with pytest.raises(SystemExit) as exit_info:
+            report.main([str(FIXTURES / "runs"), "--expect-seeds", bad])
+        assert exit_info.value.code == 2
+        assert f"expected a positive whole number of seeds, got '{bad}'" in capsys.readouterr().err

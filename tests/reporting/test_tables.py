@@ -18,6 +18,7 @@ from metairm_pl.reporting.tables import (
     format_cell,
     render_csv,
     render_markdown,
+    seed_ranges,
 )
 
 
@@ -164,3 +165,26 @@ def test_a_second_selection_adds_the_most_ood_env_column_from_the_same_runs():
     # last: p0.9 = 70, 60 -> 65.0 ± 7.1; training-env validation picks step 10: 30, 40 -> 35.0 ± 7.1
     assert "| irm | 50.0 ± 0.0 | 65.0 ± 7.1 | 75.0 ± 0.0 | 35.0 ± 7.1 | 2 |  |" in text
     assert render_markdown([table], LAST) == render_markdown([table], LAST, [None])  # no column unless asked
+
+
+def test_rows_short_of_the_expected_seeds_name_the_missing_ones():
+    full = [make_run("irm", s, {"p0.9": 0.6}) for s in range(4)]
+    short = [make_run("erm", s, {"p0.9": 0.2}) for s in (0, 2, 3)]
+    failed = [make_run("erm", 1, {"p0.9": 0.99}, status=RunStatus.FAILED)]
+    (table,) = build_tables(full + short + failed, LAST, expected_seeds=4)
+    rows = rows_by_label(table)
+    assert rows["erm"].seeds == (0, 2, 3) and rows["irm"].seeds == (0, 1, 2, 3)
+    text = render_markdown([table], LAST)
+    assert "| erm | 20.0 ± 0.0 | 75.0 ± 0.0 | 3 | seed 1 missing, 1 failed |" in text
+    assert "| irm | 60.0 ± 0.0 | 75.0 ± 0.0 | 4 |  |" in text
+    (more,) = build_tables(full, LAST, expected_seeds=10)
+    assert "| irm | 60.0 ± 0.0 | 75.0 ± 0.0 | 4 | seeds 4–9 missing |" in render_markdown([more], LAST)
+    (unchecked,) = build_tables(short, LAST)  # without expected_seeds nothing is claimed
+    assert "missing" not in render_markdown([unchecked], LAST)
+    with pytest.raises(ValueError, match="expected_seeds must be a positive number of seeds, got 0"):
+        build_tables(full, LAST, expected_seeds=0)
+
+
+def test_seed_ranges_join_consecutive_seeds():
+    assert seed_ranges([7, 0, 2, 3, 4, 4]) == "0, 2–4, 7"
+    assert seed_ranges([5]) == "5" and seed_ranges([]) == ""

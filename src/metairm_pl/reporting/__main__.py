@@ -1,10 +1,12 @@
 """Collect finished runs into paper-style tables and plots.
 
     python -m metairm_pl.reporting DIR... [--selection train_val|last|oracle] [--oracle-env p0.9]
-                                       [--also-selection train_val|last] [--out OUTDIR] [--plots] [--wandb]
+                                       [--also-selection train_val|last] [--expect-seeds N]
+                                       [--out OUTDIR] [--plots] [--wandb]
 
 Searches every DIR at any depth for run dirs (``results.jsonl``), prints the markdown
-table(s) under a header naming the selection method, and writes ``table.md`` and
+table(s) under a header naming the selection method (``--expect-seeds N``: a row
+missing any of the seeds 0 … N − 1 names them in its notes), and writes ``table.md`` and
 ``table.csv`` (and with ``--plots`` the PNGs) into OUTDIR (default: the first DIR).
 ``--wandb`` also logs the table (and with ``--plots`` the plots) to a W&B run, offline
 without credentials.
@@ -39,6 +41,17 @@ TABLE_MD = "table.md"
 TABLE_CSV = "table.csv"
 
 
+def seed_count(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of seeds, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m metairm_pl.reporting",
@@ -58,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[name for name in SELECTION_NAMES if name != "oracle"],
         default=None,
         help="add a column: the most OOD test env (the last one) under this second selection",
+    )
+    parser.add_argument(
+        "--expect-seeds",
+        type=seed_count,
+        default=None,
+        metavar="N",
+        help="rows should hold seeds 0 … N-1; a row missing some names them in its notes",
     )
     parser.add_argument("--out", default=None, help="output folder for table.md, table.csv, plots (default: first DIR)")
     parser.add_argument("--plots", action="store_true", help="also save the figures as PNG")
@@ -118,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if run.read_error:
             print(f"warning: could not read {run.read_error}", file=sys.stderr)
 
-    tables = build_tables(runs, selection)
+    tables = build_tables(runs, selection, args.expect_seeds)
     extras = (
         [extra_column(table, runs, get_selection(args.also_selection)) for table in tables]
         if args.also_selection

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from metairm_pl.reporting.__main__ import seed_count
 from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, get_selection
 from metairm_pl.reporting.tables import build_tables, extra_column, render_table_markdown
@@ -48,6 +49,7 @@ def report_arguments(args: str) -> argparse.Namespace:
     parser.add_argument("--selection", choices=SELECTION_NAMES, default=DEFAULT_SELECTION)
     parser.add_argument("--oracle-env", default=None)
     parser.add_argument("--also-selection", choices=[n for n in SELECTION_NAMES if n != "oracle"], default=None)
+    parser.add_argument("--expect-seeds", type=seed_count, default=None)
     return parser.parse_args(shlex.split(args))
 
 
@@ -60,7 +62,7 @@ def render_block(args: str, root: Path) -> str:
     selection = get_selection(options.selection, options.oracle_env)
     runs = load_runs([root / d for d in options.dirs])
     also = get_selection(options.also_selection) if options.also_selection else None
-    tables = build_tables(runs, selection)
+    tables = build_tables(runs, selection, options.expect_seeds)
     return "\n\n".join(render_table_markdown(t, also and extra_column(t, runs, also)) for t in tables) + "\n"
 
 

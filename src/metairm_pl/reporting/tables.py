@@ -6,7 +6,9 @@ A cell is the mean ± *sample* standard deviation (ddof = 1) over the n finished
 row, in percent with one decimal (``70.4 ± 0.9``); with n = 1 the std is ``—``; a cell no
 finished run has is ``—``.  Each run contributes one record, chosen by a
 :class:`~metairm_pl.reporting.selection.SelectionMethod`.  Failed and unfinished runs are
-never averaged: they are counted in the row's notes.
+never averaged: they are counted in the row's notes.  With ``expected_seeds`` = N, a row
+whose averaged runs lack some of the seeds 0 … N − 1 names them in its notes (``seeds 5–9
+missing``), so a row short of its planned seeds says so in the table itself.
 
 The CSV has the same content, one line per cell: ``mean``, ``std`` (percent; empty when
 undefined) and ``n``, and the ``selection`` that chose the cell's records.
@@ -93,6 +95,7 @@ class Row:
     n_unselected: int  # finished runs the selection found no record in
     duplicate_seeds: tuple[tuple[int, int], ...] = ()  # (seed, count) for seeds seen twice or more
     settings: str = ""  # the run directories' override name ("" for the defaults)
+    seeds: tuple[int, ...] = ()  # the seeds of the averaged runs, sorted, each once
 
     def label(self, show_tag: bool, show_settings: bool = False) -> str:
         label = f"{self.algorithm} [{self.tag}]" if show_tag and self.tag else self.algorithm
@@ -106,6 +109,7 @@ class Table:
     columns: tuple[str, ...]  # test envs (natural order), then "train"
     rows: tuple[Row, ...]
     selection: SelectionMethod
+    expected_seeds: Optional[int] = None  # rows should hold seeds 0 … expected_seeds − 1
 
     @property
     def show_tags(self) -> bool:
@@ -146,7 +150,8 @@ def build_row(
     settings: str = "",
 ) -> Row:
     status = Counter(run.status for run in runs)
-    selected = [s.record for s in select_runs(runs, selection) if s.record is not None]
+    chosen = [s for s in select_runs(runs, selection) if s.record is not None]
+    selected = [s.record for s in chosen]
     cells = {}
     for column in columns:
         values = [column_value(record, column) for record in selected]
@@ -163,11 +168,15 @@ def build_row(
         n_unselected=status[RunStatus.DONE] - len(selected),
         duplicate_seeds=tuple(sorted((seed, count) for seed, count in seeds.items() if count > 1)),
         settings=settings,
+        seeds=tuple(sorted({s.run.seed for s in chosen if s.run.seed is not None})),
     )
 
 
-def build_tables(runs: Iterable[Run], selection: SelectionMethod) -> list[Table]:
-    """One table per data set (sorted by name); rows grouped by algorithm × tag × settings."""
+def build_tables(runs: Iterable[Run], selection: SelectionMethod, expected_seeds: Optional[int] = None) -> list[Table]:
+    """One table per data set (sorted by name); rows grouped by algorithm × tag × settings.
+    ``expected_seeds`` = N: rows missing any of the seeds 0 … N − 1 name them in their notes."""
+    if expected_seeds is not None and expected_seeds < 1:
+        raise ValueError(f"expected_seeds must be a positive number of seeds, got {expected_seeds}")
     by_data: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_data[run.data].append(run)
@@ -183,7 +192,7 @@ def build_tables(runs: Iterable[Run], selection: SelectionMethod) -> list[Table]
             build_row(data, alg, tag, groups[(alg, tag, settings)], columns, selection, settings)
             for alg, tag, settings in order
         )
-        tables.append(Table(data, _envs_of(data_runs, "train"), columns, rows, selection))
+        tables.append(Table(data, _envs_of(data_runs, "train"), columns, rows, selection, expected_seeds))
     return tables
 
 
@@ -196,8 +205,30 @@ def format_cell(cell: Cell, row_n: int) -> str:
     return text if cell.n == row_n else f"{text} (n={cell.n})"
 
 
-def row_notes(row: Row, selection: SelectionMethod) -> str:
+def seed_ranges(seeds: Iterable[int]) -> str:
+    """``0, 2, 3, 4, 7`` -> ``"0, 2–4, 7"`` (runs of consecutive seeds joined by an en dash)."""
+    ordered = sorted(set(seeds))
+    spans: list[list[int]] = []
+    for seed in ordered:
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans)
+
+
+def missing_seeds(row: Row, expected_seeds: Optional[int]) -> tuple[int, ...]:
+    """The seeds 0 … ``expected_seeds`` − 1 that no averaged run of ``row`` has."""
+    if expected_seeds is None:
+        return ()
+    return tuple(sorted(set(range(expected_seeds)) - set(row.seeds)))
+
+
+def row_notes(row: Row, selection: SelectionMethod, expected_seeds: Optional[int] = None) -> str:
     notes = []
+    missing = missing_seeds(row, expected_seeds)
+    if missing:
+        notes.append(f"seed{'s' if len(missing) > 1 else ''} {seed_ranges(missing)} missing")
     if row.n_failed:
         notes.append(f"{row.n_failed} failed")
     if row.n_unfinished:
@@ -266,7 +297,7 @@ def render_table_markdown(table: Table, extra: Optional[ExtraColumn] = None) -> 
         cells = [format_cell(row.cells[c], row.n) for c in table.columns]
         if extra:  # "(n=…)" when the second selection found a record in fewer runs
             cells.append(format_cell(extra.cells.get(row_key(row), Cell(())), row.n))
-        notes = _md_escape(row_notes(row, table.selection))
+        notes = _md_escape(row_notes(row, table.selection, table.expected_seeds))
         parts = [_md_escape(row.label(table.show_tags, table.show_settings)), *cells, str(row.n), notes]
         lines.append("| " + " | ".join(parts) + " |")
     if any(row.duplicate_seeds for row in table.rows):
