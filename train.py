@@ -17,7 +17,6 @@ from omegaconf import DictConfig, open_dict
 import metairm_pl.config_schema  # noqa: F401  (registers the structured-config schemas)
 from metairm_pl.console import describe_tuned_settings, quiet_third_party, tuned_config_exists
 from metairm_pl.errors import describe_failure, user_error_in
-from metairm_pl.precision import check_precision, describe_precision
 from metairm_pl.resolvers import register_resolvers, remember_launch_dir
 from metairm_pl.run import train
 from metairm_pl.search_objective import search_objective
@@ -54,11 +53,7 @@ def main(cfg: DictConfig) -> float | None:
     if not in_multirun():
         log.info(describe_tuned_settings(choices, tuned is not None))
     try:
-        if not in_multirun():
-            trainer = cfg.trainer
-            precision = check_precision(trainer.precision, trainer.accelerator)  # a bad value: one-line error
-            log.info(describe_precision(precision, cfg.algorithm.name, cfg.data.name, trainer.accelerator))
-        final = train(cfg)
+        final = train(cfg, announce=not in_multirun())
         objective = search_objective(final, cfg.objective)
     except Exception as error:  # noqa: BLE001 - user errors become one readable paragraph
         if in_multirun():

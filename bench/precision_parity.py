@@ -15,7 +15,7 @@ ran in 32-true, the only precision before it existed), and prints:
 ``--plot FILE`` draws IRMv1's training penalty vs step at both precisions (mean ± std over
 seeds, from each run's ``csv/metrics.csv``, logged every 10 steps).
 
-Example:  python bench/precision_parity.py results/parity --out bench/results/precision_parity.md \\
+Example:  python bench/precision_parity.py results/parity --out src/metairm_pl/evidence/precision_parity.md \\
               --plot docs/figures/irm_penalty_bf16_vs_fp32.png
 """
 

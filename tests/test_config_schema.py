@@ -14,7 +14,8 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 from metairm_pl import config_schema
 from metairm_pl.algorithms.base import MultiEnvAlgorithm
 from metairm_pl.algorithms.meta_irm import MetaIRM
-from metairm_pl.config_schema import ALGORITHM_COMMON, SCHEMAS, algorithm_classes, schema_of
+from metairm_pl.algorithms.registry import algorithm_classes
+from metairm_pl.config_schema import ALGORITHM_COMMON, SCHEMAS, schema_of
 
 
 def field_defaults(schema) -> dict:
@@ -61,9 +62,47 @@ def test_every_method_in_the_algorithms_package_gets_a_registered_schema():
 
 
 def test_data_schemas_keep_the_config_level_defaults():
-    cmnist = OmegaConf.structured(config_schema.ColoredMNISTConfig)
+    cmnist = OmegaConf.structured(config_schema.DATA_SCHEMAS["cmnist"])
     assert OmegaConf.to_container(cmnist)["data_dir"] == "${paths.data_dir}"  # not resolved here
     assert OmegaConf.is_missing(cmnist, "train_envs")
     assert "mnist_loader" not in cmnist and cmnist.num_classes == 2
-    psst2 = OmegaConf.structured(config_schema.PunctuatedSST2Config)
+    psst2 = OmegaConf.structured(config_schema.DATA_SCHEMAS["psst2"])
     assert OmegaConf.is_missing(psst2, "glove_file") and psst2.construction == "reference"
+
+
+class WithEta(MultiEnvAlgorithm):
+    """A method with one argument of its own: the rest reach the base class through **kwargs."""
+
+    def __init__(self, *args, eta: float = 0.01, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.eta = eta
+
+
+def test_a_subclass_states_only_its_own_arguments():
+    """schema_of follows **kwargs up the hierarchy: the base's arguments first, then its own."""
+    base = [f.name for f in fields(schema_of(MultiEnvAlgorithm, **ALGORITHM_COMMON))]
+    schema = schema_of(WithEta, **ALGORITHM_COMMON)
+    assert [f.name for f in fields(schema)] == base + ["eta"]
+    assert field_defaults(schema)["eta"] == 0.01 and field_defaults(schema)["l2_weight"] == 0.0
+
+
+def test_every_data_module_that_names_a_schema_gets_it():
+    from metairm_pl.data.cmnist_patch import ColoredMNISTPatchDataModule, PatchEnvConfig
+    from metairm_pl.data.synthetic import SyntheticDataModule
+
+    classes = config_schema.datamodule_classes()
+    assert {"cmnist", "cmnist_patch", "psst2", "synthetic"} <= set(classes)
+    assert {("data", f"schema_{name}") for name in classes} <= set(SCHEMAS)
+    patch = config_schema.DATA_SCHEMAS["cmnist_patch"]
+    assert classes["cmnist_patch"] is ColoredMNISTPatchDataModule
+    assert field_defaults(patch)["name"] == "cmnist_patch" and "mnist_loader" not in field_defaults(patch)
+    assert next(f for f in fields(patch) if f.name == "train_envs").type == List[PatchEnvConfig]
+
+    class Tiny(SyntheticDataModule):  # a new data set adding one argument
+        schema_name = "tiny"
+
+        def __init__(self, *args, scale: float = 2.0, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+
+    names = [f.name for f in fields(config_schema.data_schema(Tiny))]
+    assert names[-1] == "scale" and {"train_envs", "n_features", "data_seed"} <= set(names)

@@ -7,7 +7,7 @@ How a sweep runs: ``python train.py -m experiment=NAME`` composes the primary co
 experiment; Hydra's basic sweeper turns each ``hydra.sweeper.params`` entry into an override
 ``key=values`` (command-line overrides of the same key replace it) and launches the Cartesian
 product, each job composed with its overrides -- so a swept config group (``algorithm``,
-``data``) selects the group option, and swept values appear in ``hydra.job.override_dirname``
+``data``) selects the group option, and swept values name the job's directory (``metairm_pl.run_identity``)
 unless excluded (``conf/hydra/default.yaml``).
 """
 
@@ -35,6 +35,7 @@ import metairm_pl.config_schema  # noqa: F401  (registers schemas)
 from metairm_pl import precision
 from metairm_pl.files import read_jsonl
 from metairm_pl.resolvers import register_resolvers
+from metairm_pl.run_identity import NAMED_IN_PATH, names_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -251,13 +252,12 @@ def test_first_job_composes_with_the_experiments_settings(name, tmp_path, monkey
 
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if SPECS[n].knobs])
 def test_every_swept_knob_reaches_the_directory_and_the_report_rows(name, tmp_path):
-    """A swept value must change the job's directory (not excluded from override_dirname) and
+    """A swept value must change the job's directory (an override that names the run) and
     the report's row key (data name, algorithm, tag): the tag or the data name carries it."""
     spec = SPECS[name]
     cfg = compose_with_hydra([experiment_override(name)], tmp_path)
-    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     for key, values in spec.knobs.items():
-        assert key not in excluded
+        assert names_run(key) or key in NAMED_IN_PATH
         labels = set()
         for value in values:
             OmegaConf.update(cfg, key, value)

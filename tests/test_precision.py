@@ -61,7 +61,7 @@ def test_no_warning_with_native_bf16_or_when_it_cannot_be_told(monkeypatch, capl
 
 # --------------------------------------------------------------------------- the default
 
-PARITY_TABLE = Path(__file__).resolve().parents[1] / "bench" / "results" / "precision_parity.md"
+PARITY_TABLE = Path(__file__).resolve().parents[1] / "src" / "metairm_pl" / "evidence" / "precision_parity.md"
 
 
 def parity_verdicts() -> dict[str, tuple[int, str, str, str]]:
@@ -76,16 +76,24 @@ def parity_verdicts() -> dict[str, tuple[int, str, str, str]]:
     return verdicts
 
 
-def test_the_bf16_default_is_exactly_the_methods_whose_committed_parity_holds():
+def test_the_bf16_default_is_exactly_the_methods_whose_committed_parity_holds(monkeypatch):
     """A method defaults to bf16-mixed if and only if the committed parity table shows its 10
     paired seeds within 1 point, and the reason the console prints quotes that table."""
+    from metairm_pl.algorithms import registry
+
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: True)
     verdicts = parity_verdicts()
     assert {"irm", "meta_irm"} <= set(verdicts)  # the table was read
     shown = {name for name, (pairs, _, _, verdict) in verdicts.items() if pairs >= 10 and verdict == "yes"}
-    assert set(precision.BF16_PARITY) == shown
+    assert registry.PARITY_TABLE == PARITY_TABLE  # the code reads the committed table, no copy of it
+    for name in registry.methods():
+        expected = "bf16-mixed" if name in shown else "32-true"
+        assert precision.default_precision(name, "cmnist") == expected, name
     for name in shown:
         _, mean, stderr, _ = verdicts[name]
-        assert precision.BF16_PARITY[name].startswith(f"{mean} ± {stderr} points, 10 paired seeds")
+        assert f"{mean} ± {stderr} points, 10 paired seeds" in precision.describe_precision(
+            "bf16-mixed", name, "cmnist"
+        )
 
 
 @pytest.mark.parametrize(
@@ -103,11 +111,12 @@ def test_default_precision_needs_parity_image_data_and_native_bf16(monkeypatch, 
     monkeypatch.setattr(precision, "native_bf16", lambda accelerator: native)
     assert precision.default_precision(algorithm, data, "cpu") == expected
     line = precision.describe_precision(expected, algorithm, data, "cpu")
+    verdicts = parity_verdicts()
     reason = {
-        "bf16-mixed": f"{algorithm} has bf16 parity on Colored MNIST, {precision.BF16_PARITY.get(algorithm)}",
+        "bf16-mixed": f"{algorithm} has bf16 parity on cmnist, {verdicts.get(algorithm, (0, '', ''))[1]} ± ",
         "32-true": (
-            f"{algorithm} has no bf16 parity evidence yet" if algorithm not in precision.BF16_PARITY
-            else f"{algorithm}'s bf16 parity was shown on Colored MNIST, not on {data}" if data == "psst2"
+            f"{algorithm} has no bf16 parity evidence yet" if algorithm not in verdicts
+            else f"{algorithm}'s bf16 parity was shown on cmnist, not on {data}" if data == "psst2"
             else "this cpu has no native bf16" if native is False
             else "whether this cpu has native bf16 cannot be told"
         ),
@@ -118,7 +127,7 @@ def test_default_precision_needs_parity_image_data_and_native_bf16(monkeypatch, 
 def test_an_unlisted_method_defaults_to_float32_and_says_why(monkeypatch):
     monkeypatch.setattr(precision, "native_bf16", lambda accelerator: True)
     unlisted = "meta_irm_no_std"  # an ablation: no parity runs of its own
-    assert unlisted not in precision.BF16_PARITY
+    assert unlisted not in parity_verdicts()
     assert precision.default_precision(unlisted, "cmnist") == "32-true"
     assert "no bf16 parity evidence yet" in precision.describe_precision("32-true", unlisted, "cmnist")
     typed = precision.describe_precision("bf16-mixed", unlisted, "cmnist")
@@ -137,7 +146,7 @@ def test_the_default_and_the_typed_precision_share_a_run_directory_and_fingerpri
     from omegaconf import OmegaConf
 
     from metairm_pl.resolvers import register_resolvers
-    from metairm_pl.run_dir import config_fingerprint
+    from metairm_pl.run_identity import fingerprint
 
     monkeypatch.setattr(precision, "native_bf16", lambda accelerator: native)
     register_resolvers()
@@ -149,7 +158,7 @@ def test_the_default_and_the_typed_precision_share_a_run_directory_and_fingerpri
         HydraConfig.instance().set_config(cfg)
         run_dir = cfg.hydra.run.dir
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        return run_dir, config_fingerprint(cfg), cfg.trainer.precision
+        return run_dir, fingerprint(OmegaConf.to_container(cfg, resolve=True)), cfg.trainer.precision
 
     default_dir, default_print, default_precision = composed()
     assert default_precision == ("bf16-mixed" if native else "32-true")

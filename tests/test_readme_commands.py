@@ -73,7 +73,7 @@ def test_single_run(tmp_path):
     assert not [noise for noise in NOISE if noise in output], output[-3000:]
     assert "irm on synthetic (seed 0), step 12:" in output
     assert "settings: no conf/tuned/irm/synthetic.yaml: the method's arguments with the defaults of" in output
-    assert "precision: 32-true (default: irm's bf16 parity was shown on Colored MNIST, not on synthetic)" in output
+    assert "precision: 32-true (default: irm's bf16 parity was shown on cmnist, not on synthetic)" in output
 
 
 def test_the_precision_default_and_the_exact_float32_switch(tmp_path):

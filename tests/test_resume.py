@@ -182,7 +182,11 @@ def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     assert [r["step"] for r in actual_records] == [r["step"] for r in expected_records]
     assert actual_records == expected_records  # every key, exact floats
     assert (actual / "results.jsonl").read_bytes() == (expected / "results.jsonl").read_bytes()
-    assert json.loads((actual / "final.json").read_text()) == json.loads((expected / "final.json").read_text())
+    actual_final, expected_final = (json.loads((d / "final.json").read_text()) for d in (actual, expected))
+    segments = actual_final.pop("provenance")  # where each process trained: the only difference
+    assert [s["from_step"] for s in segments] == [0, resume_step]
+    assert [s["from_step"] for s in expected_final.pop("provenance")] == [0]
+    assert actual_final == expected_final
     if algorithm == "meta_irm":
         stop_step = max_steps * 3 // 4
         assert expected_records[-1]["step"] == stop_step and expected_records[-1]["early_stop/stop_step"] == stop_step
@@ -219,9 +223,11 @@ def test_resume_from_a_checkpoint_between_evaluations(make_config):
     directory = Path(first.paths.output_dir)
     assert checkpoint_step(last_checkpoint_path(directory)) == 15
     (directory / "done").unlink()  # as if killed after the record of step 25
-    (directory / "config.sha256").unlink()  # ... of a run whose budget was 40 steps all along
+    (directory / "config.yaml").unlink()  # ... of a run whose budget was 40 steps all along
 
     resumed = train(make_config(overrides + ["trainer.max_steps=40"], name="resumed"))
+    assert [segment["from_step"] for segment in resumed.pop("provenance")] == [0, 15]
+    expected.pop("provenance")
     assert resumed == expected
     reference_dir = directory.parent / "reference"
     assert (directory / "results.jsonl").read_bytes() == (reference_dir / "results.jsonl").read_bytes()
@@ -262,9 +268,11 @@ def test_minibatch_run_resumes_bit_identical(make_config, every, first_max_steps
     states = loader_states(last_checkpoint_path(directory))
     assert [(s["num_examples"], s["served"]) for s in states] == [(90, every), (160, every)]
     (directory / "done").unlink()  # as if killed after the final record of that shorter run
-    (directory / "config.sha256").unlink()  # ... of a run whose budget was 24 steps all along
+    (directory / "config.yaml").unlink()  # ... of a run whose budget was 24 steps all along
 
     resumed = train(make_config(overrides + ["trainer.max_steps=24"], name="resumed"))
+    assert [segment["from_step"] for segment in resumed.pop("provenance")] == [0, every]
+    expected.pop("provenance")
     assert resumed == expected
     reference_dir = directory.parent / "reference"
     assert (directory / "results.jsonl").read_bytes() == (reference_dir / "results.jsonl").read_bytes()

@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl.errors import ConfigError
+from metairm_pl.run_identity import names_run
 from metairm_pl.search_objective import OBJECTIVES, search_objective
 
 from .conftest import CONF_DIR
@@ -78,7 +79,7 @@ def test_meta_irm_preset_composes_a_validation_only_optuna_search():
         "algorithm.dropgrad",
         "callbacks.std_early_stopping.min_steps",
     }
-    assert "hparams_search" in cfg.hydra.job.config.override_dirname.exclude_keys
+    assert not names_run("hparams_search")  # the sweep directory (its tag) names the trials
 
 
 def test_optuna_search_returns_objectives_and_a_relaunch_resumes_the_stored_study(tmp_path):
@@ -131,15 +132,15 @@ def test_optuna_search_returns_objectives_and_a_relaunch_resumes_the_stored_stud
 
 
 def test_long_override_lists_give_a_short_stable_directory_name():
-    from metairm_pl.resolvers import MAX_DIRNAME_CHARS, run_dirname
+    from metairm_pl.run_identity import MAX_DIRNAME_CHARS, settings_name
 
-    assert run_dirname("", "default") == "default"
-    assert run_dirname("a=1,b=2", "default") == "a=1,b=2"
-    long = ",".join(f"algorithm.some_long_key_{i}=0.{i}" for i in range(20))
-    name = run_dirname(long, "default")
-    assert len(name.encode()) <= MAX_DIRNAME_CHARS and name.startswith(long[:100])
-    assert run_dirname(long, "default") == name  # deterministic: a relaunch finds it
-    assert run_dirname(long[:-1] + "8", "default") != name  # and distinct per override list
+    assert settings_name([]) == "default"
+    assert settings_name(["b=2", "a=1"]) == "a=1,b=2"
+    long = [f"algorithm.some_long_key_{i}=0.{i}" for i in range(20)]
+    name = settings_name(long)
+    assert len(name.encode()) <= MAX_DIRNAME_CHARS and name.startswith(",".join(sorted(long))[:100])
+    assert settings_name(long) == name  # deterministic: a relaunch finds it
+    assert settings_name(long[:-1] + ["algorithm.some_long_key_19=0.18"]) != name  # and distinct per override list
 
 
 def test_stage_two_preset_is_a_grid_over_min_steps_at_the_meta_irm_preset_values():

@@ -59,7 +59,7 @@ LAUNCHERS = {
 }
 # Files a finished run never writes again (Hydra itself rewrites .hydra/ and appends to train.log).
 FINISHED_FILES = (
-    "results.jsonl", "final.json", "done", "config.yaml", "config.sha256",
+    "results.jsonl", "final.json", "done", "config.yaml", "provenance.jsonl",
     "checkpoints/final.ckpt", "checkpoints/last.ckpt",
 )  # fmt: skip
 

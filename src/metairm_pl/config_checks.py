@@ -1,6 +1,8 @@
-"""Checks of a composed config before anything is built: keys each constructor accepts,
-finite numbers, a positive step budget.  Values that need the built objects (probabilities,
-sizes, environments) are checked by those objects' constructors, once.
+"""Checks of a composed config before anything is built: the run's own settings (seeds,
+switches, the search objective), finite numbers, a positive step budget, the precision, and
+the keys each constructor accepts.  Values that need the built objects (probabilities,
+sizes, environments) are checked by those objects' constructors, once, before training; an
+error a library raises while building is reported by :func:`metairm_pl.build.building`.
 """
 
 from __future__ import annotations
@@ -80,7 +82,46 @@ def check_step_budget(trainer_cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={value!r} is not allowed: use an integer >= 1 (a number of steps).")
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and Lightning's seeding accept
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The top-level settings of ``conf/config.yaml``: seeds, switches, the objective."""
+    seeds = {"seed": cfg.get("seed"), "data_seed": cfg.get("data_seed")}
+    if "data_seed" in cfg.get("data", {}):
+        seeds["data.data_seed"] = cfg.data.data_seed
+    low, high = SEED_RANGE
+    for key, value in seeds.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key}={value!r} is not allowed: use an integer in [{low}, {high}].")
+    for key in ("overwrite", "resume", "deterministic"):
+        value = cfg.get(key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not allowed: use true or false.")
+    every = cfg.get("checkpoint_every")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(f"checkpoint_every={every!r} is not allowed: use an integer >= 0 (0 disables checkpoints).")
+    from metairm_pl.search_objective import check_objective_name
+
+    check_objective_name(cfg.get("objective"))
+
+
+def typed_overrides(section: str) -> list[str]:
+    """The command-line overrides of ``section`` (``data.batch_size=0``, ``model=mlp``) in a
+    Hydra app; none elsewhere (tests, notebooks)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    task = HydraConfig.get().overrides.task
+    return [o for o in task if o.lstrip("+~").split("=", 1)[0].split(".")[0].split("@")[0] == section]
+
+
 def check_config(cfg: DictConfig) -> None:
     """Every check above, in order: the first problem is reported."""
+    from metairm_pl.precision import check_precision
+
+    check_run_settings(cfg)
     check_finite_numbers(cfg)
     check_step_budget(cfg.trainer)
+    check_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "cpu"))

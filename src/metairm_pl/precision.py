@@ -15,12 +15,14 @@ bf16 is fast only where the hardware multiplies bf16 natively (x86 CPUs with the
 elsewhere it is emulated, and :func:`check_precision` warns once.
 
 **The default follows the evidence** (:func:`default_precision`, the config's
-``${default_precision:...}``): ``bf16-mixed`` for a method listed in :data:`BF16_PARITY`,
-on Colored MNIST data, on hardware with native bf16; ``32-true`` otherwise.  A method enters
-the list when its 10 paired seeds (0-9) on Colored MNIST, bf16-mixed vs 32-true, differ by at
-most 1 point of p0.9 accuracy on average (``bench/precision_parity.py``, whose committed
-table ``tests/test_precision.py`` checks the list against).  ``trainer.precision=32-true``
-is the exact-reproduction switch.
+``${default_precision:...}``): ``bf16-mixed`` for a method whose row in the committed parity
+table (``metairm_pl/evidence/precision_parity.md``, regenerated from the records in
+``results/`` by ``bench/precision_parity.py``; read by
+:func:`metairm_pl.algorithms.registry.bf16_parity`) shows 10 paired seeds (0-9), bf16-mixed
+vs 32-true, within 1 point of p0.9 accuracy on average, on data of that row's family
+(``cmnist``: every Colored MNIST variant, the same MLP on the same digit images; not
+PunctuatedSST-2's bag-of-words model), on hardware with native bf16; ``32-true`` otherwise.
+``trainer.precision=32-true`` is the exact-reproduction switch.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from metairm_pl.algorithms.registry import bf16_parity, parity_rows
 from metairm_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,21 +42,6 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("32-true", "bf16-mixed")
 FP32, BF16 = PRECISIONS
 
-# algorithm name -> its parity on Colored MNIST (bench/results/precision_parity.md): mean
-# paired bf16 - fp32 difference of p0.9 test accuracy ± its standard error, seeds 0-9.
-BF16_PARITY = {
-    "erm": "-0.02 ± 0.23 points, 10 paired seeds",
-    "grayscale": "-0.04 ± 0.07 points, 10 paired seeds",
-    "irm": "+0.25 ± 0.28 points, 10 paired seeds",
-    "meta_irm": "+0.38 ± 0.46 points, 10 paired seeds",
-    "mmrex": "+0.52 ± 0.50 points, 10 paired seeds",
-    "vrex": "+0.01 ± 0.02 points, 10 paired seeds",
-}
-# The parity runs trained the MLP on Colored MNIST (data=cmnist). The default extends them to
-# the Colored MNIST variants (cmnist5/10, cmnist_patch/patch3, cmnist_pe_sweep): the same MLP on
-# the same digit images, its matmuls the only bf16 part, every loss in float32. It does not
-# extend them to PunctuatedSST-2's bag-of-words model, which has no parity runs: 32-true there.
-BF16_PARITY_DATA_PREFIX = "cmnist"
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX-512 BF16, AMX), Arm (FEAT_BF16)
 
 
@@ -91,9 +79,9 @@ def native_bf16(accelerator: str) -> bool | None:
 
 def default_precision(algorithm: str, data: str, accelerator: str = "cpu") -> str:
     """``trainer.precision`` when the command line names none: ``bf16-mixed`` if
-    ``algorithm`` has shown parity (:data:`BF16_PARITY`), ``data`` is a Colored MNIST variant
-    and ``accelerator`` multiplies bf16 natively; else ``32-true``."""
-    shown = algorithm in BF16_PARITY and str(data).startswith(BF16_PARITY_DATA_PREFIX)
+    ``algorithm`` has shown parity on data of ``data``'s family (:func:`bf16_parity`) and
+    ``accelerator`` multiplies bf16 natively; else ``32-true``."""
+    shown = bf16_parity(algorithm, data) is not None
     return BF16 if shown and native_bf16(accelerator) is True else FP32
 
 
@@ -102,16 +90,19 @@ def describe_precision(precision: str, algorithm: str, data: str, accelerator: s
     default = default_precision(algorithm, data, accelerator)
     if precision != default:
         return f"precision: {precision} (set explicitly; the default here is {default})"
+    row = parity_rows().get(algorithm)
     if precision == BF16:
         return (
-            f"precision: {BF16} (default: {algorithm} has bf16 parity on Colored MNIST, "
-            f"{BF16_PARITY[algorithm]}, and this {accelerator} has native bf16; "
+            f"precision: {BF16} (default: {algorithm} has bf16 parity on {row.data}, "
+            f"{row.describe()}, and this {accelerator} has native bf16; "
             f"trainer.precision={FP32} reproduces the float32 runs exactly)"
         )
-    if algorithm not in BF16_PARITY:
+    if row is None:
         why = f"{algorithm} has no bf16 parity evidence yet"
-    elif not str(data).startswith(BF16_PARITY_DATA_PREFIX):
-        why = f"{algorithm}'s bf16 parity was shown on Colored MNIST, not on {data}"
+    elif not row.holds:
+        why = f"{algorithm}'s paired bf16/fp32 runs do not show parity ({row.describe()})"
+    elif bf16_parity(algorithm, data) is None:
+        why = f"{algorithm}'s bf16 parity was shown on {row.data}, not on {data}"
     elif native_bf16(accelerator) is None:
         why = f"whether this {accelerator} has native bf16 cannot be told"
     else:

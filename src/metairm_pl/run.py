@@ -23,7 +23,6 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl import run_dir as layout
@@ -32,15 +31,19 @@ from metairm_pl.build import (
     build_callbacks,
     build_datamodule,
     build_loggers,
+    build_trainer,
     check_callbacks_have_data,
 )
 from metairm_pl.callbacks.checkpointing import PeriodicCheckpoint, checkpoint_step
 from metairm_pl.callbacks.results import ResultsWriter
+from metairm_pl.callbacks.run_callback import RunCallback
 from metairm_pl.config_checks import check_config
 from metairm_pl.console import quiet_third_party
-from metairm_pl.errors import describe_failure, user_error_in
+from metairm_pl.errors import UserError, describe_failure, user_error_in
 from metairm_pl.files import read_jsonl
-from metairm_pl.precision import check_precision
+from metairm_pl.precision import describe_precision
+from metairm_pl.provenance import provenance
+from metairm_pl.search_objective import check_objective_data
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +96,16 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Optional[ResumePoint]:
         return resume_point
     layout.remove_checkpoints(run_dir)
     layout.set_aside_results(run_dir)
+    layout.remove_provenance(run_dir)
     return None
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, announce: bool = False) -> dict[str, Any]:
     """Run one training job described by ``cfg``; return the final results mapping.
+
+    Every config value is checked before anything is built (:func:`check_config`), and the
+    objects' own checks run before training. ``announce``: log which precision the run uses
+    and why (a single run's console; a sweep's job line says it instead).
 
     The run directory is locked for the whole job: a second process launched on it (two
     identical trials of a search, or a relaunched sweep while an orphaned job of the killed
@@ -112,29 +120,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.warning("%s is in use by another process: waiting for it to finish", run_dir)
 
     with layout.locked(run_dir, on_wait=announce_wait):
-        return _train_in(run_dir, cfg)
+        return _train_in(run_dir, cfg, announce)
 
 
-def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+def _train_in(run_dir: Path, cfg: DictConfig, announce: bool) -> dict[str, Any]:
     overwrite = bool(cfg.get("overwrite", False))
-    fingerprint = layout.config_fingerprint(cfg)
-    layout.check_same_run(run_dir, fingerprint, overwrite)
+    layout.check_same_run(run_dir, OmegaConf.to_container(cfg, resolve=True), overwrite)
     finished = layout.finished_results(run_dir, overwrite)
     if finished is not None:
         log.info("run already finished in %s (pass overwrite=true to redo it)", run_dir)
         return finished
     resume_point = prepare_run_dir(run_dir, resume=bool(cfg.get("resume", True)) and not overwrite)
-    layout.write_identity(run_dir, cfg, fingerprint)
+    layout.write_config(run_dir, cfg)
 
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    if cfg.get("deterministic", True):
-        torch.use_deterministic_algorithms(True, warn_only=True)
     trainer: Optional[pl.Trainer] = None
     status = "failed"
     try:
         check_config(cfg)
-        check_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "cpu"))
+        precision, accelerator = str(cfg.trainer.precision), str(cfg.trainer.get("accelerator", "cpu"))
+        if announce:
+            log.info(describe_precision(precision, cfg.algorithm.name, cfg.data.name, accelerator))
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        if cfg.get("deterministic", True):
+            torch.use_deterministic_algorithms(True, warn_only=True)
         datamodule = build_datamodule(cfg)
+        check_objective_data(cfg.get("objective"), datamodule)
         algorithm = build_algorithm(cfg, datamodule)
         writer = ResultsWriter(str(run_dir), run_info(cfg))
         # Last, so a checkpoint after an evaluation holds its record and the callbacks' states.
@@ -143,12 +153,11 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         loggers = build_loggers(cfg)
         callbacks = build_callbacks(cfg)
         check_callbacks_have_data(callbacks, datamodule)
-        trainer = instantiate(
-            cfg.trainer,
-            callbacks=callbacks + [writer, checkpointer],
-            logger=loggers or False,
-            default_root_dir=str(run_dir),
+        trainer = build_trainer(
+            cfg, callbacks=callbacks + [writer, checkpointer], logger=loggers or False, default_root_dir=str(run_dir)
         )
+        from_step = resume_point.step if resume_point is not None else 0
+        layout.append_provenance(run_dir, provenance(precision, accelerator, from_step))
         if resume_point is not None:
             kept = writer.keep_until(resume_point.step)
             log.info(
@@ -178,6 +187,7 @@ def _train_in(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
             "summary": summarize(records[-1], datamodule.train_env_names, datamodule.test_env_names),
             "metrics": {k: v for k, v in records[-1].items() if "/" in k},
             "stopped_early": stopped_early(trainer),
+            "provenance": layout.read_provenance(run_dir),
         }
         layout.mark_done(run_dir, final)
         status = "success"
@@ -199,16 +209,18 @@ def failure_text(error: BaseException) -> str:
     """The ``failed`` marker's text: the one-line reason, then the traceback unless the
     error was the user's (a traceback would only point into our code)."""
     text = describe_failure(error) + "\n"
-    if user_error_in(error) is None:
+    user_error = user_error_in(error)
+    cause = user_error.__cause__ if user_error is not None else None
+    if user_error is None:
         text += "".join(traceback.format_exception(error))
+    elif cause is not None and not isinstance(cause, UserError):  # a library's error while building
+        text += "".join(traceback.format_exception(cause))
     return text
 
 
 def stopped_early(trainer: pl.Trainer) -> bool:
-    """Whether the std-threshold stop (the callback that owns that fact) ended the run."""
-    from metairm_pl.callbacks.std_early_stopping import StdThresholdEarlyStopping
-
-    return any(c.stopped for c in trainer.callbacks if isinstance(c, StdThresholdEarlyStopping))
+    """Whether a callback ended training before ``max_steps`` by its rule (:class:`RunCallback`)."""
+    return any(c.finished_by_design() for c in trainer.callbacks if isinstance(c, RunCallback))
 
 
 def check_training_finished(trainer: pl.Trainer) -> None:

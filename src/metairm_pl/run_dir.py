@@ -1,16 +1,16 @@
 """The run directory: every file name and marker in it, its config fingerprint and its lock.
 
-One owner for the layout; the training run (:mod:`metairm_pl.run`), the callbacks, the
+One owner for the layout (which keys make two launches one run: :mod:`metairm_pl.run_identity`); the training run (:mod:`metairm_pl.run`), the callbacks, the
 reports and the analyses import these names.  No torch, no Lightning: reports stay quick.
 
 ::
 
     <run dir>/
-      config.yaml            the resolved config
-      config.sha256          fingerprint of the config without volatile keys (relaunch check)
+      config.yaml            the resolved config (a relaunch must match it but for volatile keys)
       results.jsonl          one JSON record per evaluation (the source of truth)
       results.interrupted-<i>.jsonl   partial records set aside by ``resume=false``
-      final.json             the last record's metrics and a summary, written atomically
+      provenance.jsonl       one line per process that trained the run: hardware, threads, versions
+      final.json             the last record's metrics, a summary and the provenance, written atomically
       done | failed          end marker, written last; ``failed`` holds the one-line reason
                              (then the traceback when the error was not the user's)
       checkpoints/last.ckpt  periodic checkpoint (resume); checkpoints/final.ckpt: final weights
@@ -24,21 +24,22 @@ keeps config.yaml, final.json, the end marker and gzip copies ``results.jsonl.gz
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from metairm_pl.errors import ConfigError
-from metairm_pl.files import atomic_write_json, atomic_write_text, exclusive_lock
+from metairm_pl.files import append_jsonl, atomic_write_json, atomic_write_text, exclusive_lock, read_jsonl
+from metairm_pl.run_identity import fingerprint, identity_view
 
 CONFIG_FILE = "config.yaml"
-FINGERPRINT_FILE = "config.sha256"
 RESULTS_FILE = "results.jsonl"
 FINAL_FILE = "final.json"
+PROVENANCE_FILE = "provenance.jsonl"
 DONE_MARKER = "done"
 FAILED_MARKER = "failed"
 LOCK_FILE = ".lock"
@@ -48,18 +49,6 @@ FINAL_CHECKPOINT = "final.ckpt"
 CHECKPOINT_TEMP_SUFFIX = ".tmp"
 CSV_LOG = "csv/metrics.csv"
 ARCHIVED_SUFFIX = ".gz"
-
-# Keys that may differ between two launches of the same run (where and how it is shown).
-VOLATILE_KEYS = (
-    "overwrite",
-    "resume",
-    "paths",
-    "logger",
-    "callbacks.progress_bar",
-    "trainer.enable_progress_bar",
-    "objective",
-)
-
 
 # --------------------------------------------------------------------------- paths
 
@@ -143,6 +132,22 @@ def set_aside_results(run_dir: str | os.PathLike) -> Optional[Path]:
     return target
 
 
+def append_provenance(run_dir: str | os.PathLike, segment: dict[str, Any]) -> None:
+    """Record where the process that (re)starts training now runs (:mod:`metairm_pl.provenance`)."""
+    append_jsonl(Path(run_dir) / PROVENANCE_FILE, segment)
+
+
+def read_provenance(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every training process's provenance line, in order (none for a run from before them)."""
+    path = Path(run_dir) / PROVENANCE_FILE
+    return read_jsonl(path) if path.exists() else []
+
+
+def remove_provenance(run_dir: str | os.PathLike) -> None:
+    """A fresh start keeps no provenance of the attempt it replaces."""
+    (Path(run_dir) / PROVENANCE_FILE).unlink(missing_ok=True)
+
+
 def mark_done(run_dir: str | os.PathLike, final: dict[str, Any]) -> None:
     """Write ``final.json`` then the ``done`` marker, each atomically."""
     atomic_write_json(Path(run_dir) / FINAL_FILE, final)
@@ -157,35 +162,38 @@ def mark_failed(run_dir: str | os.PathLike, text: str) -> None:
 # --------------------------------------------------------------------------- identity
 
 
-def config_fingerprint(cfg: DictConfig) -> str:
-    """Hash of the resolved config without :data:`VOLATILE_KEYS`: equal for relaunches of one run."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in VOLATILE_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = resolved
-        for key in parents:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_same_run(run_dir: str | os.PathLike, fingerprint: str, overwrite: bool) -> None:
-    """Refuse to reuse or resume a run directory that holds a run of another config."""
-    saved = Path(run_dir) / FINGERPRINT_FILE
-    if overwrite or not saved.exists() or saved.read_text().strip() == fingerprint:
+def check_same_run(run_dir: str | os.PathLike, config: Mapping[str, Any], overwrite: bool) -> None:
+    """Refuse to reuse or resume a run directory whose ``config.yaml`` holds another run: a
+    config that differs from ``config`` (resolved) in more than the volatile keys."""
+    saved_path = Path(run_dir) / CONFIG_FILE
+    if overwrite or not saved_path.exists():
         return
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    if fingerprint(saved) == fingerprint(config):
+        return
+    differing = differing_keys(identity_view(saved), identity_view(config))
+    shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
     raise ConfigError(
-        f"{run_dir} holds a run with a different configuration (config.yaml there differs from this "
-        "one in more than paths/logging): pass overwrite=true to replace it, or give this run its own "
-        "directory (e.g. tag=NAME or hydra.run.dir=...)."
+        f"{run_dir} holds a run with a different configuration ({shown} differ from its config.yaml): "
+        "pass overwrite=true to replace it, or give this run its own directory (e.g. tag=NAME)."
     )
 
 
-def write_identity(run_dir: str | os.PathLike, cfg: DictConfig, fingerprint: str) -> None:
-    """``config.yaml`` (resolved) and ``config.sha256``, atomically."""
+def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested mappings, sorted."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, Mapping) and isinstance(right, Mapping):
+            keys += differing_keys(left, right, f"{prefix}{key}.")
+        elif left != right or (key in a) != (key in b):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def write_config(run_dir: str | os.PathLike, cfg: DictConfig) -> None:
+    """``config.yaml`` (resolved), atomically."""
     atomic_write_text(Path(run_dir) / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
-    atomic_write_text(Path(run_dir) / FINGERPRINT_FILE, fingerprint + "\n")
 
 
 def locked(run_dir: str | os.PathLike, on_wait: Optional[Callable[[], None]] = None):

@@ -1,19 +1,21 @@
 """Validation-only objectives a hyperparameter search maximizes (``python train.py -m hparams_search=...``).
 
-``train.py`` returns ``search_objective(final, cfg.objective)`` to the Hydra sweeper.  Every
-objective reads the *training* environments' validation metrics of the kept model only;
-test environments never enter a search.
+A preset sets ``objective``; ``train.py`` then returns ``search_objective(final, cfg.objective)``
+to the Hydra sweeper (``objective: null``, the default, returns nothing). The name and the
+validation sets it reads are checked before training (:func:`check_objective_name`,
+:func:`check_objective_data`). Every objective reads the *training* environments'
+validation metrics of the kept model only; test environments never enter a search.
 
 * ``val_acc``: mean validation accuracy over the training envs.
-* ``std_stopped_val_acc``: the same, minus 2 when the run did not stop by the std-threshold
-  rule (``early_stop/stopped``).  Accuracies lie in [0, 1], so every run whose training envs'
-  validation losses came within the threshold of each other (invariant by Meta-IRM's own
-  criterion) ranks above every run that never did; within each group the higher accuracy wins.
+* ``std_stopped_val_acc``: the same, minus 2 when no callback ended the run by its rule
+  (``stopped_early`` in ``final.json``; for Meta-IRM the std-threshold stop).  Accuracies lie
+  in [0, 1], so every run that stopped by design (for Meta-IRM: invariant by its own
+  criterion) ranks above every run that did not; within each group the higher accuracy wins.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from metairm_pl.errors import ConfigError
 
@@ -39,8 +41,25 @@ OBJECTIVES: dict[str, Callable[[Mapping[str, Any]], float]] = {
 }
 
 
-def search_objective(final: Mapping[str, Any], name: str) -> float:
-    """The value of objective ``name`` for a finished run's ``final.json`` mapping."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"objective={name!r} is not known: allowed objectives are {sorted(OBJECTIVES)}.")
+def check_objective_name(name: Optional[str]) -> None:
+    """Before anything is built: ``name`` is null or a known objective."""
+    if name is not None and name not in OBJECTIVES:
+        raise ConfigError(f"objective={name!r} is not known: use null or one of {sorted(OBJECTIVES)}.")
+
+
+def check_objective_data(name: Optional[str], datamodule: Any) -> None:
+    """Before training: every objective reads the training envs' validation sets."""
+    splits = getattr(datamodule, "splits", None)
+    if name is not None and (splits is None or not splits.val):
+        raise ConfigError(
+            f"objective={name} reads the training envs' validation accuracies and the data has no validation "
+            "sets: set data.val_fraction > 0 (or objective=null)."
+        )
+
+
+def search_objective(final: Mapping[str, Any], name: Optional[str]) -> Optional[float]:
+    """The value of objective ``name`` for a finished run's ``final.json`` mapping (None for null)."""
+    check_objective_name(name)
+    if name is None:
+        return None
     return float(OBJECTIVES[name](final))

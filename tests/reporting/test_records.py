@@ -26,7 +26,7 @@ def test_the_run_directory_layout_has_one_owner():
     """Only metairm_pl/run_dir.py spells the run directory's file names; everyone imports them."""
     from metairm_pl import run_dir
 
-    names = {run_dir.RESULTS_FILE, run_dir.CONFIG_FILE, run_dir.FINAL_FILE, run_dir.FINGERPRINT_FILE,
+    names = {run_dir.RESULTS_FILE, run_dir.CONFIG_FILE, run_dir.FINAL_FILE, run_dir.PROVENANCE_FILE,
              run_dir.DONE_MARKER, run_dir.FAILED_MARKER, run_dir.LOCK_FILE, run_dir.LAST_CHECKPOINT,
              run_dir.FINAL_CHECKPOINT, run_dir.CHECKPOINT_DIR}  # fmt: skip
     owners = set()
@@ -41,7 +41,7 @@ def test_reading_records_imports_neither_torch_nor_lightning():
     import subprocess
     import sys
 
-    code = "import sys, metairm_pl.reporting.records, metairm_pl.run_dir; print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
+    code = "import sys, metairm_pl.reporting.records, metairm_pl.reporting.tables, metairm_pl.run_dir; print(sorted(m for m in ('torch', 'pytorch_lightning') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

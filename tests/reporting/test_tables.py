@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from metairm_pl.algorithms.registry import table_sort_key
 from metairm_pl.reporting.records import Run, RunStatus
 from metairm_pl.reporting.selection import LAST, TRAIN_VAL, oracle
 from metairm_pl.reporting.tables import (
     DASH,
     Cell,
-    algorithm_sort_key,
     build_tables,
     extra_column,
     format_cell,
@@ -89,7 +89,7 @@ def test_runs_without_a_selectable_record_are_counted():
 
 def test_algorithm_order_and_tags_only_when_they_differ():
     names = ["zeta", "grayscale", "meta_irm_no_std", "meta_irm", "mmrex", "vrex", "irm", "erm", "alpha"]
-    assert sorted(names, key=algorithm_sort_key) == [
+    assert sorted(names, key=table_sort_key) == [
         "erm", "irm", "vrex", "mmrex", "meta_irm", "meta_irm_no_std", "grayscale", "alpha", "zeta",
     ]  # fmt: skip
     same_tag = build_tables([make_run("irm", 0, {"p0.9": 0.6}, tag="t1")], TRAIN_VAL)[0]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -141,6 +141,12 @@ def irm_penalty(logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], T
 class MultiEnvAlgorithm(pl.LightningModule):
     """Base of all methods. Subclasses set ``name``/``min_train_envs`` and implement ``objective``.
 
+    A method's facts are class attributes beside its code, read by
+    :mod:`metairm_pl.algorithms.registry` (literal values only): ``name`` (its config and
+    record name), ``label`` (how tables and figures call it), ``table_order`` (its rows'
+    place), ``pwcca_layer`` (the representation Fig. 10 compares) and ``presets`` (other config
+    names that run this class, e.g. ablations, each with its own ``label``/``table_order``).
+
     Args:
         network: maps inputs to logits (1 for binary, k for k classes).
         optimizer: a partial optimizer constructor (Hydra ``_partial_: true``), called with
@@ -157,6 +163,10 @@ class MultiEnvAlgorithm(pl.LightningModule):
 
     name = "base"
     min_train_envs = 1
+    label: Optional[str] = None  # None: the name
+    table_order: float = 500  # tables and figures sort rows by (table_order, name)
+    pwcca_layer: str = "output"  # the network output; "last_hidden": the classifier's input
+    presets: Mapping[str, Mapping[str, Any]] = {}  # config name -> {"label": ..., "table_order": ...}
 
     def __init__(
         self,
@@ -207,6 +217,11 @@ class MultiEnvAlgorithm(pl.LightningModule):
         if self.l2_weight == 0.0:
             return torch.zeros((), device=self.device)
         return self.l2_weight * sum(p.pow(2).sum() for p in self.network.parameters())
+
+    def setup_environments(self, train_env_names: Sequence[str]) -> None:
+        """Called once, before training, with the data's training envs: check there are enough
+        (a method may also size per-env state here, e.g. a buffer, so checkpoints hold it)."""
+        self.check_environments(len(train_env_names))
 
     def check_environments(self, n_train_envs: int) -> None:
         if n_train_envs < self.min_train_envs:

@@ -10,7 +10,7 @@ from metairm_pl.algorithms.base import EnvBatch, MultiEnvAlgorithm, Objective, i
 class IRMv1(MultiEnvAlgorithm):
     """The IRM Colored MNIST objective; weight, anneal and rescale come from ``penalty``."""
 
-    name = "irm"
+    name, label, table_order = "irm", "IRMv1", 20
     min_train_envs = 2
 
     def objective(self, batch: EnvBatch) -> Objective:

@@ -30,8 +30,19 @@ from metairm_pl.algorithms.schedule import PenaltySchedule
 class MetaIRM(MultiEnvAlgorithm):
     """Meta-IRM with second-order meta-gradients (``first_order=True`` for the ablation)."""
 
-    name = "meta_irm"
+    name, label, table_order = "meta_irm", "Meta-IRM", 100
     min_train_envs = 2
+    pwcca_layer = "last_hidden"  # the paper's Fig. 10 compares the classifier's input for Meta-IRM
+    # Table 5's ablations (conf/algorithm/<name>.yaml), under the full method's settings and
+    # under their own search's ("_own"); sorted by name after the full method.
+    presets = {
+        "meta_irm_no_std": {"label": "Meta-IRM (no std loss)", "table_order": 101},
+        "meta_irm_first_order": {"label": "Meta-IRM (first order)", "table_order": 101},
+        "meta_irm_same_env": {"label": "Meta-IRM (same env)", "table_order": 101},
+        "meta_irm_no_std_own": {"label": "Meta-IRM (no std loss, own search)", "table_order": 101},
+        "meta_irm_first_order_own": {"label": "Meta-IRM (first order, own search)", "table_order": 101},
+        "meta_irm_same_env_own": {"label": "Meta-IRM (same env, own search)", "table_order": 101},
+    }
 
     def __init__(
         self,

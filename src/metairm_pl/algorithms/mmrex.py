@@ -61,7 +61,7 @@ def max_excess_risk(risks: Tensor) -> Tensor:
 class MMREx(MultiEnvAlgorithm):
     """Mean risk + β × (max risk − mean risk), i.e. MM-REx with λ_min = (1 − β) / m."""
 
-    name = "mmrex"
+    name, label, table_order = "mmrex", "MM-REx", 40
     min_train_envs = 2
 
     def objective(self, batch: EnvBatch) -> Objective:

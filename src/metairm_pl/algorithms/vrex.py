@@ -33,7 +33,7 @@ def risk_variance(risks: Tensor) -> Tensor:
 class VREx(MultiEnvAlgorithm):
     """Mean training risk + weight × unbiased variance of the training risks."""
 
-    name = "vrex"
+    name, label, table_order = "vrex", "V-REx", 30
     min_train_envs = 2
 
     def objective(self, batch: EnvBatch) -> Objective:

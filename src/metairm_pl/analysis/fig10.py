@@ -10,10 +10,11 @@ test env named like ``p0.1`` … ``p0.9`` (``data=cmnist_pe_sweep``) is compared
 with that of the reference env (``p0.1``), weighted by the reference side. The
 representation (``--layer auto``, default) is, as the paper says:
 
-* Meta-IRM (``meta_irm*``): the input of the classifier layer (``last_hidden``, the last
-  ReLU's output, e.g. 390 neurons);
-* every other method, IRMv1 in particular: the network output (``output``; one logit for
-  a binary task, for which PWCCA is the absolute Pearson correlation of the logits).
+* the layer a method names as its ``pwcca_layer`` (:mod:`metairm_pl.algorithms.registry`):
+  for Meta-IRM and its ablations the input of the classifier layer (``last_hidden``, the
+  last ReLU's output, e.g. 390 neurons);
+* for every other method, IRMv1 in particular: the network output (``output``; one logit
+  for a binary task, for which PWCCA is the absolute Pearson correlation of the logits).
 
 **Matched datapoints.** PWCCA needs the same inputs in the same order on both sides. Every
 Colored MNIST test env is built from the same digits in the same order
@@ -58,7 +59,8 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from metairm_pl.analysis.activations import LAST_HIDDEN, OUTPUT_LAYER, capture_activations, resolve_layer
+from metairm_pl.algorithms import registry
+from metairm_pl.analysis.activations import OUTPUT_LAYER, capture_activations, resolve_layer
 from metairm_pl.analysis.figure_cli import (
     RUN_FIELDS,
     add_common_arguments,
@@ -86,8 +88,10 @@ CONTROL_SUFFIX = "_redraw"
 
 
 def default_layer(algorithm_name: str) -> str:
-    """The paper's data representation: Meta-IRM → ``last_hidden``, other methods → ``output``."""
-    return LAST_HIDDEN if algorithm_name.startswith("meta_irm") else OUTPUT_LAYER
+    """The paper's data representation: the method's ``pwcca_layer`` (Meta-IRM and its
+    ablations: ``last_hidden``), ``output`` for a method the registry does not know."""
+    method = registry.method(algorithm_name)
+    return method.pwcca_layer if method is not None else OUTPUT_LAYER
 
 
 def p_envs(run: LoadedRun) -> list[tuple[float, str]]:

@@ -9,30 +9,16 @@ import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+from metairm_pl.algorithms import registry
 from metairm_pl.analysis.similarity import DEFAULT_EPSILON, DEFAULT_METHOD, METHODS
 from metairm_pl.analysis.trained_run import CheckpointStepWarning, LoadedRun, rebuild_run
 from metairm_pl.errors import ConfigError
 from metairm_pl.run_dir import CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT
 
-ALGORITHM_LABELS = {
-    "erm": "ERM",
-    "irm": "IRMv1",
-    "vrex": "V-REx",
-    "mmrex": "MM-REx",
-    "grayscale": "ERM (grayscale)",
-    "meta_irm": "Meta-IRM",
-    "meta_irm_no_std": "Meta-IRM (no std loss)",
-    "meta_irm_first_order": "Meta-IRM (first order)",
-    "meta_irm_same_env": "Meta-IRM (same env)",
-    "meta_irm_no_std_own": "Meta-IRM (no std loss, own search)",
-    "meta_irm_first_order_own": "Meta-IRM (first order, own search)",
-    "meta_irm_same_env_own": "Meta-IRM (same env, own search)",
-}
-
 
 def run_label(run: LoadedRun) -> str:
-    """Display name of the run's method (``IRMv1``, ``Meta-IRM``, else the config name), plus its tag."""
-    label = ALGORITHM_LABELS.get(run.algorithm_name, run.algorithm_name)
+    """Display label of the run's method (its registry ``label``, else the config name), plus its tag."""
+    label = registry.label(run.algorithm_name)
     return f"{label} [{run.tag}]" if run.tag else label
 
 

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import pytorch_lightning as pl
 
+from metairm_pl.callbacks.run_callback import RunCallback
 from metairm_pl.files import append_jsonl, atomic_write_text
 from metairm_pl.run_dir import RESULTS_FILE
 
@@ -18,7 +19,7 @@ class ResultsWriter(pl.Callback):
     ``run_info`` carries what identifies the run (algorithm, data, seed, data_seed, ...).
     Each line is appended and fsynced on its own, so a killed run keeps every record it
     finished.  Metrics come from the module's ``eval_metrics`` plus the ``record_fields()``
-    of every callback that has them (e.g. the early stop's std); attach this writer after
+    of every :class:`~metairm_pl.callbacks.run_callback.RunCallback` (e.g. the early stop's std); attach this writer after
     those callbacks, so their fields are those of the current evaluation.  A run resumed from a
     checkpoint first drops the records written after it (:meth:`keep_until`).
     """
@@ -53,7 +54,7 @@ class ResultsWriter(pl.Callback):
         record = {"step": int(trainer.global_step), **self.run_info}
         record.update(pl_module.eval_metrics)
         for callback in trainer.callbacks:
-            if callback is not self and hasattr(callback, "record_fields"):
+            if isinstance(callback, RunCallback):
                 record.update(callback.record_fields())
         append_jsonl(self.path, record)
         self.last_step = record["step"]

@@ -17,6 +17,7 @@ from typing import Optional
 import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 
+from metairm_pl.callbacks.run_callback import RunCallback
 from metairm_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def population_std(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-class StdThresholdEarlyStopping(pl.Callback):
+class StdThresholdEarlyStopping(RunCallback):
     """After each evaluation, compute the population std across training envs of their
     validation losses (``val/<env>/loss``; with ``metric="acc"`` their accuracies,
     ``val/<env>/acc``); stop at the first evaluation where it is below
@@ -63,6 +64,18 @@ class StdThresholdEarlyStopping(pl.Callback):
     @property
     def stopped(self) -> bool:
         return self.stop_step is not None
+
+    def finished_by_design(self) -> bool:
+        return self.stopped
+
+    def check_data(self, datamodule) -> None:
+        """The std needs validation sets of >= 2 training envs."""
+        n_val_envs = len(datamodule.splits.val) if datamodule.splits is not None else 0
+        if n_val_envs < 2:
+            raise ConfigError(
+                f"std-threshold early stopping needs validation sets of >= 2 training envs, the data has "
+                f"{n_val_envs}: set data.val_fraction > 0 (or callbacks=default to train without it)."
+            )
 
     def record_fields(self) -> dict[str, object]:
         """What this callback adds to the record of the latest evaluation."""

@@ -95,6 +95,10 @@ def _load_mnist(data_dir: str, allow_download: bool):
 class ColoredMNISTDataModule(MultiEnvDataModule):
     """Colored MNIST with environments given as config lists (see module docstring)."""
 
+    schema_name = "cmnist"
+    config_defaults = {"data_dir": "${paths.data_dir}"}
+    runtime_arguments = ("mnist_loader",)  # tests pass a loader of fake digits
+
     def __init__(
         self,
         train_envs: Sequence,

@@ -28,10 +28,11 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
+from omegaconf import MISSING
 from torch import Tensor
 
 from metairm_pl.data.cmnist import ColoredMNISTDataModule
-from metairm_pl.data.environments import EnvSpec, check_probability, flip_with_probability
+from metairm_pl.data.environments import EnvConfig, EnvSpec, check_probability, flip_with_probability
 from metairm_pl.data.multienv import EnvironmentSplits
 from metairm_pl.errors import ConfigError
 
@@ -49,6 +50,13 @@ class PatchEnvSpec(EnvSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_probability(f"env {self.name}: p_patch", self.p_patch)
+
+
+@dataclass
+class PatchEnvConfig(EnvConfig):
+    """The config schema of one cmnist_patch env: an :class:`EnvConfig` plus ``p_patch``."""
+
+    p_patch: float = MISSING  # patch id = label flipped with this probability
 
 
 def parse_patch_env(kind: str, env) -> PatchEnvSpec:
@@ -85,6 +93,9 @@ def patch_environment(x: Tensor, y: Tensor, p_patch: float, generator: torch.Gen
 
 class ColoredMNISTPatchDataModule(ColoredMNISTDataModule):
     """Colored MNIST plus the corner patch (see module docstring); envs need ``p_patch``."""
+
+    schema_name = "cmnist_patch"
+    env_config = PatchEnvConfig
 
     def __init__(
         self, train_envs: Sequence, test_envs: Sequence, name: str = "cmnist_patch", num_classes: int = 2, **kwargs

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from omegaconf import MISSING
 from torch import Tensor
 
 from metairm_pl.errors import ConfigError
@@ -47,6 +48,16 @@ class EnvSpec:
                 f"env {self.name}: size={self.size!r} is not allowed: use a positive integer, "
                 "or null for all available examples."
             )
+
+
+@dataclass
+class EnvConfig:
+    """The config schema of one env in ``data.train_envs``/``data.test_envs`` (an :class:`EnvSpec`)."""
+
+    name: str = MISSING
+    p_color: float = MISSING
+    p_label_noise: float = 0.25
+    size: Optional[int] = None
 
 
 def parse_env_specs(kind: str, envs) -> list[EnvSpec]:

@@ -26,6 +26,7 @@ from pytorch_lightning.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, Sampler, TensorDataset
 
+from metairm_pl.data.environments import EnvConfig
 from metairm_pl.errors import ConfigError
 
 EnvBatch = dict[str, tuple[Tensor, Tensor]]
@@ -222,9 +223,22 @@ class _EnvCombinedLoader(CombinedLoader):
 
 
 class MultiEnvDataModule(pl.LightningDataModule):
-    """Serves multi-environment batches; subclasses implement :meth:`build_environments`."""
+    """Serves multi-environment batches; subclasses implement :meth:`build_environments` and
+    :attr:`num_classes`.
+
+    A subclass in a module of ``metairm_pl.data`` that sets :attr:`schema_name` gets the
+    structured-config schema ``schema_<schema_name>`` (``conf/data/<name>.yaml`` starts from
+    it), read from its constructor (``**kwargs`` followed up to this class) with its
+    :attr:`env_config` as the element of ``train_envs``/``test_envs``, its
+    :attr:`config_defaults` and without its :attr:`runtime_arguments`.
+    """
 
     name: str = "multienv"
+    schema_name: Optional[str] = None
+    env_config: type = EnvConfig  # config schema of one env in train_envs/test_envs
+    config_defaults: Mapping[str, Any] = {}  # config-level defaults (interpolations, files the YAML names)
+    runtime_arguments: tuple[str, ...] = ()  # constructor arguments code passes in, never configured
+    binary_logits: int = 1  # logits of a binary task: 1 (logistic) or 2 (softmax, as some references)
 
     def __init__(self, full_batch: bool = True, batch_size: Optional[int] = None, data_seed: int = 0) -> None:
         super().__init__()
@@ -249,6 +263,15 @@ class MultiEnvDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
+
+    @property
+    def num_outputs(self) -> int:
+        """Logits the network outputs: :attr:`binary_logits` for 2 classes, else one per class."""
+        return self.binary_logits if self.num_classes == 2 else self.num_classes
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Extra network constructor arguments the data provides (e.g. word embeddings)."""
+        return {}
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -52,6 +52,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import MISSING
 from torch import Tensor
 
 from metairm_pl.data.environments import EnvSpec, check_probability, flip_with_probability, parse_env_specs
@@ -149,6 +150,9 @@ class PunctuatedSST2DataModule(MultiEnvDataModule):
     env lists interpolate (validated and kept for labelling); each env's own
     ``p_label_noise`` is what is applied.
     """
+
+    schema_name = "psst2"
+    config_defaults = {"data_dir": MISSING, "glove_file": MISSING}  # conf/data/psst2.yaml names them
 
     def __init__(
         self,

@@ -34,6 +34,8 @@ def sample_environment(spec: EnvSpec, size: int, n_features: int, generator: tor
 class SyntheticDataModule(MultiEnvDataModule):
     """Gaussian features with one invariant and one spurious coordinate (module docstring)."""
 
+    schema_name = "synthetic"
+
     def __init__(
         self,
         train_envs: Sequence,

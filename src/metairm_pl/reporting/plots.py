@@ -25,12 +25,12 @@ from typing import Iterable, Optional, Sequence
 
 from matplotlib.figure import Figure
 
+from metairm_pl.algorithms.registry import table_sort_key
 from metairm_pl.files import atomic_write_bytes
 from metairm_pl.reporting.records import Run, RunStatus, finite_value, metric_envs, natural_key
 from metairm_pl.reporting.selection import SelectionMethod
 from metairm_pl.reporting.tables import (
     Table,
-    algorithm_sort_key,
     build_tables,
     column_value,
     select_runs,
@@ -132,7 +132,7 @@ def accuracy_vs_gap_figure(
         "label-noise gap between training envs",
         f"test accuracy on {test_env} (%)",
     )
-    for algorithm in sorted(values, key=algorithm_sort_key):
+    for algorithm in sorted(values, key=table_sort_key):
         gaps = sorted(values[algorithm])
         means = [statistics.fmean(values[algorithm][g]) for g in gaps]
         stds = [statistics.stdev(values[algorithm][g]) if len(values[algorithm][g]) > 1 else 0.0 for g in gaps]
@@ -173,7 +173,7 @@ def penalty_vs_step_figure(runs: Sequence[Run], data: str, log_y: Optional[bool]
         "IRMv1 penalty (mean over training envs)",
     )
     all_values = [v for by_step in groups.values() for vs in by_step.values() for v in vs]
-    for algorithm, tag in sorted(groups, key=lambda k: (algorithm_sort_key(k[0]), natural_key(k[1]))):
+    for algorithm, tag in sorted(groups, key=lambda k: (table_sort_key(k[0]), natural_key(k[1]))):
         by_step = groups[(algorithm, tag)]
         steps = sorted(by_step)
         means = [statistics.fmean(by_step[s]) for s in steps]

@@ -11,6 +11,7 @@ This module only reads files; it imports neither torch nor Lightning, so reports
 from __future__ import annotations
 
 import enum
+import json
 import math
 import os
 import re
@@ -21,7 +22,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import yaml
 
 from metairm_pl.files import read_jsonl
-from metairm_pl.run_dir import CONFIG_FILE, DONE_MARKER, FAILED_MARKER, results_path
+from metairm_pl.provenance import hardware_of
+from metairm_pl.run_dir import CONFIG_FILE, DONE_MARKER, FAILED_MARKER, FINAL_FILE, results_path
+from metairm_pl.run_identity import settings_of
 
 SPLITS = ("train", "val", "test")
 UNKNOWN = "unknown"
@@ -53,6 +56,7 @@ class Run:
     config: Optional[Mapping[str, Any]] = field(default=None, repr=False, compare=False)
     error: str = ""
     read_error: str = ""
+    hardware: Optional[frozenset[str]] = None  # where it trained (final.json's provenance); None: unrecorded
 
     @property
     def group_key(self) -> tuple[str, str, str]:
@@ -62,10 +66,7 @@ class Run:
     def settings(self) -> str:
         """The run's command-line overrides as its directory names them (the folder above
         ``seed=N``, e.g. ``trainer.max_steps=5001``); empty for ``default`` or another layout."""
-        if not self.path.name.startswith("seed="):
-            return ""
-        name = self.path.parent.name
-        return "" if name == "default" else name
+        return settings_of(self.path)
 
     def config_value(self, dotted_key: str) -> Any:
         """The value at ``dotted_key`` (e.g. ``"data.label_noise_gap"``) of config.yaml, or None."""
@@ -137,6 +138,14 @@ def _read_config(path: Path) -> Optional[dict]:
     return config if isinstance(config, dict) else None
 
 
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def run_status(path: Path) -> RunStatus:
     """``failed`` wins over ``done`` (a result is never reported from a run marked failed)."""
     if (path / FAILED_MARKER).exists():
@@ -182,6 +191,7 @@ def load_run(path: str | os.PathLike) -> Run:
         config=config,
         error=_read_text(path / FAILED_MARKER) if status is RunStatus.FAILED else "",
         read_error=read_error,
+        hardware=hardware_of(_read_json(path / FINAL_FILE)) if status is RunStatus.DONE else None,
     )
 
 

@@ -28,24 +28,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from metairm_pl.algorithms.registry import table_sort_key
 from metairm_pl.reporting.records import Run, RunStatus, finite_value, metric_envs, natural_key
 from metairm_pl.reporting.selection import SelectionMethod
 
 TRAIN_COLUMN = "train"
 DASH = "—"
-ALGORITHM_ORDER = ("erm", "irm", "vrex", "mmrex", "meta_irm")
-
-
-def algorithm_sort_key(name: str) -> tuple:
-    """erm, irm, vrex, mmrex, meta_irm, meta_irm_* (alphabetical), grayscale, then the rest
-    alphabetically."""
-    if name in ALGORITHM_ORDER:
-        return (ALGORITHM_ORDER.index(name), "")
-    if name.startswith("meta_irm"):
-        return (len(ALGORITHM_ORDER), name)
-    if name == "grayscale":
-        return (len(ALGORITHM_ORDER) + 1, "")
-    return (len(ALGORITHM_ORDER) + 2, name)
 
 
 def train_acc(record: Mapping[str, Any]) -> Optional[float]:
@@ -96,6 +84,8 @@ class Row:
     duplicate_seeds: tuple[tuple[int, int], ...] = ()  # (seed, count) for seeds seen twice or more
     settings: str = ""  # the run directories' override name ("" for the defaults)
     seeds: tuple[int, ...] = ()  # the seeds of the averaged runs, sorted, each once
+    hardware: tuple[str, ...] = ()  # the distinct hardware the averaged runs recorded (provenance)
+    n_unrecorded_hardware: int = 0  # averaged runs from before provenance was recorded
 
     def label(self, show_tag: bool, show_settings: bool = False) -> str:
         label = f"{self.algorithm} [{self.tag}]" if show_tag and self.tag else self.algorithm
@@ -169,6 +159,8 @@ def build_row(
         duplicate_seeds=tuple(sorted((seed, count) for seed, count in seeds.items() if count > 1)),
         settings=settings,
         seeds=tuple(sorted({s.run.seed for s in chosen if s.run.seed is not None})),
+        hardware=tuple(sorted({key for s in chosen for key in (s.run.hardware or ())})),
+        n_unrecorded_hardware=sum(s.run.hardware is None for s in chosen),
     )
 
 
@@ -187,7 +179,7 @@ def build_tables(runs: Iterable[Run], selection: SelectionMethod, expected_seeds
         groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
         for run in data_runs:
             groups[(run.algorithm, run.tag, run.settings)].append(run)
-        order = sorted(groups, key=lambda key: (algorithm_sort_key(key[0]), natural_key(key[1]), natural_key(key[2])))
+        order = sorted(groups, key=lambda key: (table_sort_key(key[0]), natural_key(key[1]), natural_key(key[2])))
         rows = tuple(
             build_row(data, alg, tag, groups[(alg, tag, settings)], columns, selection, settings)
             for alg, tag, settings in order
@@ -237,6 +229,10 @@ def row_notes(row: Row, selection: SelectionMethod, expected_seeds: Optional[int
         notes.append(f"{row.n_unselected} without a selectable record ({selection.missing})")
     for seed, count in row.duplicate_seeds:
         notes.append(f"seed {seed} ×{count}")
+    if len(row.hardware) > 1:
+        notes.append(f"runs from {len(row.hardware)} hardware setups: {'; '.join(row.hardware)}")
+    if row.hardware and row.n_unrecorded_hardware:
+        notes.append(f"hardware unrecorded for {row.n_unrecorded_hardware}")
     return ", ".join(notes)
 
 
