@@ -46,6 +46,16 @@ def test_every_stopped_run_outranks_every_unstopped_run():
     assert worst_stopped > best_unstopped
 
 
+def test_invariant_val_acc_subtracts_two_unless_the_validation_losses_agree():
+    agreeing = final([0.6, 0.7], stopped=False)  # losses 0.5 and 0.5: std 0
+    assert search_objective(agreeing, "invariant_val_acc") == pytest.approx(0.65)
+    apart = final([0.6, 0.7], stopped=False)
+    apart["metrics"]["val/e1/loss"] = 0.5 + 2 * 0.0011  # population std of two values: half the gap
+    assert search_objective(apart, "invariant_val_acc") == pytest.approx(-1.35)
+    apart["metrics"]["val/e1/loss"] = 0.5 + 2 * 0.0009
+    assert search_objective(apart, "invariant_val_acc") == pytest.approx(0.65)
+
+
 def test_objectives_never_read_test_or_train_metrics():
     for name in OBJECTIVES:
         a = search_objective(final([0.6, 0.7], stopped=True, test_acc=0.1), name)

@@ -11,10 +11,16 @@ validation metrics of the kept model only; test environments never enter a searc
   (``stopped_early`` in ``final.json``; for Meta-IRM the std-threshold stop).  Accuracies lie
   in [0, 1], so every run that stopped by design (for Meta-IRM: invariant by its own
   criterion) ranks above every run that did not; within each group the higher accuracy wins.
+* ``invariant_val_acc``: the same rule for methods without a stop, read at the final
+  evaluation: the mean validation accuracy minus 2 unless the population std of the training
+  envs' validation losses is below :data:`INVARIANCE_STD` (0.001, the std threshold of
+  Meta-IRM's search). On paired validation sets that std measures the use of the spurious
+  feature, so every run that ends invariant by the paper's criterion ranks first.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Optional
 
 from metairm_pl.errors import ConfigError
@@ -35,9 +41,26 @@ def std_stopped_val_acc(final: Mapping[str, Any]) -> float:
     return mean_train_val_acc(final) - (0.0 if final.get("stopped_early") else 2.0)
 
 
+INVARIANCE_STD = 0.001
+
+
+def val_loss_std(final: Mapping[str, Any]) -> float:
+    """Population std over the training envs of ``val/<env>/loss`` in the final record."""
+    losses = [value for key, value in final["metrics"].items() if key.startswith("val/") and key.endswith("/loss")]
+    if len(losses) < 2:
+        raise ConfigError("invariant_val_acc needs validation losses of >= 2 training envs: set data.val_fraction > 0.")
+    mean = sum(losses) / len(losses)
+    return math.sqrt(sum((value - mean) ** 2 for value in losses) / len(losses))
+
+
+def invariant_val_acc(final: Mapping[str, Any]) -> float:
+    return mean_train_val_acc(final) - (0.0 if val_loss_std(final) < INVARIANCE_STD else 2.0)
+
+
 OBJECTIVES: dict[str, Callable[[Mapping[str, Any]], float]] = {
     "val_acc": mean_train_val_acc,
     "std_stopped_val_acc": std_stopped_val_acc,
+    "invariant_val_acc": invariant_val_acc,
 }
 
 

@@ -135,3 +135,15 @@ def test_the_benchmark_finds_equal_losses_on_a_tiny_case(monkeypatch, capsys):
         logging.getLogger("pytorch_lightning").setLevel(level)
         sys.modules.pop("bench_input_cast", None)
     assert "bitwise equal with and without the cache: yes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_features_then_classifier_is_the_forward_bit_for_bit(bf16):
+    """Methods that read the classifier's input (IB-IRM, Fishr) see exactly the forward's logits."""
+    torch.manual_seed(0)
+    network = MLP((2, 14, 14), 1, hidden_dim=16)
+    x = torch.rand(64, 2, 14, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = network(x)
+        split = network.classifier(network.features(x))
+    assert torch.equal(logits, split) and network.features(x).shape == (64, 16)

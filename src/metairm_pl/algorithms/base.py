@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -83,6 +83,15 @@ def restore_rng_states(states: Mapping[str, Any], generators: Optional[Mapping[s
         raise KeyError(f"checkpoint has no state for generator(s) {missing}")
     for name, generator in generators.items():
         generator.set_state(states["generators"][name])
+
+
+class EnvFeatures(NamedTuple):
+    """One env's risk, logits, labels and the classifier's input (:meth:`MultiEnvAlgorithm.env_features`)."""
+
+    risk: Tensor
+    logits: Tensor
+    y: Tensor
+    features: Tensor
 
 
 @dataclass
@@ -205,6 +214,23 @@ class MultiEnvAlgorithm(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
 
+    def env_features(self, batch: EnvBatch) -> dict[str, EnvFeatures]:
+        """One forward per env split at the classifier (the network's ``features`` and
+        ``classifier``): ``{env: EnvFeatures(risk, logits, y, features)}``; the logits are
+        bit-identical to :meth:`env_risks`'."""
+        network = self.network
+        if not (hasattr(network, "features") and isinstance(getattr(network, "classifier", None), nn.Linear)):
+            raise ConfigError(
+                f"{self.name} reads the classifier's input: the network ({type(network).__name__}) must have "
+                "features(x) and a classifier nn.Linear (model=mlp and model=bow_mlp do)."
+            )
+        out = {}
+        for env, (x, y) in batch.items():
+            features = network.features(x)
+            logits = network.classifier(features)
+            out[env] = EnvFeatures(self.risk_fn(logits, y), logits, y, features)
+        return out
+
     def env_risks(self, batch: EnvBatch) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
         """One forward per env: ``{env: (risk, logits, y)}``."""
         out = {}
@@ -288,6 +314,15 @@ class MultiEnvAlgorithm(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
+
+    def restart_optimizer(self, lr: Optional[float] = None) -> None:
+        """Forget the optimizer's state (Adam's moments and step count), as a freshly made one,
+        optionally at learning rate ``lr``; checkpoints after it hold the new state and rate."""
+        optimizer = self.optimizers().optimizer
+        optimizer.state.clear()
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     # -- checkpoints -------------------------------------------------------------------
     def random_generators(self) -> dict[str, torch.Generator]:

@@ -56,6 +56,15 @@ class BagOfWordsMLP(nn.Module):
         """``[n, dim]`` mean embedding of each row's non-padding ids (zero for an empty row)."""
         return F.embedding_bag(token_ids, self.embeddings, mode="mean", padding_idx=PAD_ID)
 
+    @property
+    def classifier(self) -> nn.Linear:
+        """The last layer: logits = ``classifier(features(token_ids))``."""
+        return self.head.classifier
+
+    def features(self, token_ids: Tensor) -> Tensor:
+        """The classifier's input: the head's last hidden layer over the bag means."""
+        return self.head.features(self.bag_means(token_ids))
+
     def forward(self, token_ids: Tensor) -> Tensor:
         return self.head(self.bag_means(token_ids))
 

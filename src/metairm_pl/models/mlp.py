@@ -13,6 +13,9 @@ from metairm_pl.models.input_cast import AutocastInputCache
 class MLP(nn.Module):
     """ReLU MLP over flattened inputs; Xavier-uniform weights and zero biases.
 
+    Splits into :meth:`features` and :attr:`classifier` (the last ``nn.Linear``) for methods
+    that read the representation (IB-IRM) or the classifier's per-sample gradients (Fishr).
+
     Args:
         input_shape: shape of one example, e.g. ``(2, 14, 14)`` (channels first).
         num_outputs: 1 logit for binary tasks, k for k classes.
@@ -57,10 +60,23 @@ class MLP(nn.Module):
         # Not a submodule or buffer: no parameters, nothing in the state dict.
         self.input_cache = AutocastInputCache() if reuse_input_cast and not grayscale else None
 
+    @property
+    def classifier(self) -> nn.Linear:
+        """The last layer: logits = ``classifier(features(x))``."""
+        return self.layers[-1]
+
+    def features(self, x: Tensor) -> Tensor:
+        """The classifier's input (the last hidden layer's ReLU output; the input itself with no
+        hidden layer), computed by exactly the ops :meth:`forward` applies before the last layer."""
+        return self.layers[:-1](self._prepared(x))
+
     def forward(self, x: Tensor) -> Tensor:
+        return self.layers(self._prepared(x))
+
+    def _prepared(self, x: Tensor) -> Tensor:
         if self.grayscale:
             x = x.sum(dim=1)
         x = x.flatten(start_dim=1)
         if self.input_cache is not None:
             x = self.input_cache(x)  # the first layer is an nn.Linear: autocast's own cast
-        return self.layers(x)
+        return x
