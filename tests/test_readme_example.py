@@ -65,3 +65,25 @@ def test_the_example_trains_through_train_py_and_its_checkpoint_holds_q(readme_m
     checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=True)
     q = checkpoint["state_dict"]["q"]
     assert q.shape == (2,) and torch.isclose(q.sum(), torch.tensor(1.0)) and not torch.equal(q, torch.full((2,), 0.5))
+
+
+def test_the_example_is_algorithms_group_dro_step_for_step(readme_module):
+    """The README's class and algorithms/group_dro.py (which adds docstrings and a check of eta)
+    give the same q and risk at every step."""
+    from metairm_pl.algorithms.group_dro import GroupDRO
+
+    generator = torch.Generator().manual_seed(1)
+    batches = [
+        {e: (torch.randn(32, 4, generator=generator), torch.randint(0, 2, (32,), generator=generator)) for e in "ab"}
+        for _ in range(3)
+    ]
+    methods = []
+    for cls in (readme_module.GroupDRO, GroupDRO):
+        torch.manual_seed(0)
+        method = cls(MLP(input_shape=(4,), num_outputs=1, hidden_dim=3), optimizer=None, eta=0.3)
+        method.setup_environments(["a", "b"])
+        methods.append(method)
+    for batch in batches:
+        risks = [method.objective(batch).risk for method in methods]
+        assert torch.equal(risks[0], risks[1]) and torch.equal(methods[0].q, methods[1].q)
+    assert (readme_module.GroupDRO.name, readme_module.GroupDRO.label) == (GroupDRO.name, GroupDRO.label)
