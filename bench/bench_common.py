@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from metairm_pl.provenance import cpu_model
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Colored MNIST (IRM protocol): two training environments of 25,000 images [2, 14, 14].
@@ -254,16 +256,6 @@ def time_plain_loop(step_fn: Callable[[int], Tensor], steps: int, device: torch.
 # --------------------------------------------------------------------------- reporting
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def system_info(device: torch.device, deterministic: bool) -> dict:
     import pytorch_lightning as pl
 
@@ -273,7 +265,7 @@ def system_info(device: torch.device, deterministic: bool) -> dict:
         "pytorch_lightning": pl.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_model(),  # the run records' own reading (metairm_pl.provenance)
         "device": str(device),
         "deterministic": deterministic,
     }

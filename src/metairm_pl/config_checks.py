@@ -98,11 +98,10 @@ def check_run_settings(cfg: DictConfig) -> None:
         value = cfg.get(key)
         if not isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} is not allowed: use true or false.")
-    every = cfg.get("checkpoint_every")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        raise ConfigError(f"checkpoint_every={every!r} is not allowed: use an integer >= 0 (0 disables checkpoints).")
+    from metairm_pl.callbacks.checkpointing import check_checkpoint_every
     from metairm_pl.search_objective import check_objective_name
 
+    check_checkpoint_every(cfg.get("checkpoint_every"))
     check_objective_name(cfg.get("objective"))
 
 

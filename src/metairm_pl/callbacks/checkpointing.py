@@ -69,6 +69,15 @@ def validation_runs_after_this_batch(trainer: pl.Trainer) -> bool:
     return bool(fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher))
 
 
+def check_checkpoint_every(every_n_steps: object) -> int:
+    """``checkpoint_every``: an integer >= 0 (0 disables checkpoints); returned as is."""
+    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
+        raise ConfigError(
+            f"checkpoint_every={every_n_steps!r} is not allowed: use an integer >= 0 (0 disables checkpoints)."
+        )
+    return every_n_steps
+
+
 class PeriodicCheckpoint(pl.Callback):
     """Save the run directory's ``checkpoints/last.ckpt`` every ``every_n_steps`` steps (0: never), atomically.
 
@@ -77,10 +86,7 @@ class PeriodicCheckpoint(pl.Callback):
     """
 
     def __init__(self, run_dir: str | os.PathLike, every_n_steps: int) -> None:
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0:
-            raise ConfigError(
-                f"checkpoint_every={every_n_steps!r} is not allowed: use an integer >= 0 (0 disables checkpoints)."
-            )
+        check_checkpoint_every(every_n_steps)
         self.run_dir = Path(run_dir)
         self.every_n_steps = every_n_steps
         self.last_saved_step: Optional[int] = None
