@@ -119,3 +119,19 @@ def test_another_configuration_in_the_directory_is_refused_naming_what_differs(m
     train(make_config(SHORT + ["trainer.max_steps=2"], name="shared"))
     with pytest.raises(ConfigError, match=r"different configuration \(algorithm.l2_weight differ"):
         train(make_config(SHORT + ["trainer.max_steps=2", "algorithm.l2_weight=0.5"], name="shared"))
+
+
+def test_a_setting_added_to_the_code_since_the_launch_is_not_another_run(make_config, tmp_path):
+    """A run directory whose config.yaml lacks a key (an argument added later, at its default)
+    is still the same run: finished, it is found; its other keys still count."""
+    import yaml
+
+    cfg = make_config(SHORT + ["trainer.max_steps=2"], name="old")
+    train(cfg)
+    saved = Path(cfg.paths.output_dir) / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["algorithm"]["eval_chunk_size"]  # as if written before that argument existed
+    saved.write_text(yaml.safe_dump(config))
+    assert train(make_config(SHORT + ["trainer.max_steps=2"], name="old"))["status"] == "done"
+    with pytest.raises(ConfigError, match="algorithm.l2_weight"):
+        train(make_config(SHORT + ["trainer.max_steps=2", "algorithm.l2_weight=0.3"], name="old"))

@@ -164,19 +164,32 @@ def mark_failed(run_dir: str | os.PathLike, text: str) -> None:
 
 def check_same_run(run_dir: str | os.PathLike, config: Mapping[str, Any], overwrite: bool) -> None:
     """Refuse to reuse or resume a run directory whose ``config.yaml`` holds another run: a
-    config that differs from ``config`` (resolved) in more than the volatile keys."""
+    config that differs from ``config`` (resolved) in more than the volatile keys. A key the
+    saved config lacks is a setting added to the code since the run was launched (e.g. a new
+    constructor argument at its default): it does not make another run."""
     saved_path = Path(run_dir) / CONFIG_FILE
     if overwrite or not saved_path.exists():
         return
     saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
     if fingerprint(saved) == fingerprint(config):
         return
-    differing = differing_keys(identity_view(saved), identity_view(config))
+    differing = [key for key in differing_keys(identity_view(saved), identity_view(config)) if has_key(saved, key)]
+    if not differing:
+        return
     shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
     raise ConfigError(
         f"{run_dir} holds a run with a different configuration ({shown} differ from its config.yaml): "
         "pass overwrite=true to replace it, or give this run its own directory (e.g. tag=NAME)."
     )
+
+
+def has_key(config: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
