@@ -59,9 +59,11 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
 
 
 def summarize(record: dict[str, Any], train_envs: list[str], test_envs: list[str]) -> dict[str, Any]:
-    """Mean training-env accuracy and every test-env accuracy of the final record."""
-    summary = {"train_acc": sum(record[f"train/{e}/acc"] for e in train_envs) / len(train_envs)}
-    summary.update({f"test/{e}/acc": record[f"test/{e}/acc"] for e in test_envs})
+    """Mean training-env accuracy and every test-env accuracy of the final record (for a
+    regression task, which has no accuracy, its error: the mean squared error)."""
+    metric = "acc" if all(f"train/{e}/acc" in record for e in train_envs) else "error"
+    summary = {f"train_{metric}": sum(record[f"train/{e}/{metric}"] for e in train_envs) / len(train_envs)}
+    summary.update({f"test/{e}/{metric}": record[f"test/{e}/{metric}"] for e in test_envs})
     return summary
 
 

@@ -109,17 +109,28 @@ def full_precision(tensor: Tensor) -> Tensor:
     return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
+REGRESSION = 1  # num_classes of a real-valued target: one output, the mean squared error
+
+
 def risk_function(num_classes: int, num_outputs: Optional[int] = None) -> Callable[[Tensor, Tensor], Tensor]:
     """Mean negative log-likelihood: logistic for 2 classes on one logit (``num_outputs`` 1 or
     None), softmax cross-entropy otherwise (k classes, or 2 classes on two logits as the
-    PunctuatedSST-2 reference code).
+    PunctuatedSST-2 reference code); for a real-valued target (``num_classes`` =
+    :data:`REGRESSION`) the mean squared error (the Gaussian negative log-likelihood up to
+    constants, as the linear unit-tests' reference).
 
     Computed in at least float32 (:func:`full_precision`), whatever the logits' dtype."""
+
+    def squared_error(outputs: Tensor, y: Tensor) -> Tensor:
+        outputs = full_precision(outputs).squeeze(-1)
+        return F.mse_loss(outputs, y.to(outputs.dtype))
 
     def binary_risk(logits: Tensor, y: Tensor) -> Tensor:
         logits = full_precision(logits).squeeze(-1)
         return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
 
+    if num_classes == REGRESSION:
+        return squared_error
     if num_classes == 2 and num_outputs in (None, 1):
         return binary_risk
     return lambda logits, y: F.cross_entropy(full_precision(logits), y)
@@ -132,19 +143,27 @@ def accuracy(logits: Tensor, y: Tensor, num_classes: int) -> Tensor:
     return multiclass_accuracy(logits, y, num_classes=logits.shape[-1], average="micro")
 
 
-def irm_penalty(logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+def irm_penalty(
+    logits: Tensor, y: Tensor, risk_fn: Callable[[Tensor, Tensor], Tensor], dummy_bias: bool = False
+) -> Tensor:
     """IRMv1 penalty: squared norm of the gradient of the risk w.r.t. a dummy scale 1.0 on the logits.
 
-    One logit (binary): a scalar scale, as the IRM code.  k logits: one scale per class,
-    shape ``(1, k)``, as the k-class Colored MNIST code of Choe et al. 2020
+    One logit (binary, or a regression output): a scalar scale, as the IRM code.  k logits: one
+    scale per class, shape ``(1, k)``, as the k-class Colored MNIST code of Choe et al. 2020
     (kakaobrain/irm-empirical-study); the penalty is the sum of the k squared gradients.
-    Differentiable w.r.t. ``logits`` (``create_graph=True``), so it can be trained on.
+    ``dummy_bias``: also the squared gradient w.r.t. an additive dummy 0.0 of the same shape, as
+    the linear unit-tests' IRMv1 (facebookresearch/InvarianceUnitTests, for regression and
+    classification alike). Differentiable w.r.t. ``logits`` (``create_graph=True``).
     """
     logits = full_precision(logits)  # a small gradient: float32 even under bf16 autocast
     scale_shape = () if logits.shape[-1] == 1 else (1, logits.shape[-1])
     scale = torch.ones(scale_shape, dtype=logits.dtype, device=logits.device, requires_grad=True)
-    (grad,) = torch.autograd.grad(risk_fn(logits * scale, y), [scale], create_graph=True)
-    return grad.pow(2).sum()
+    if not dummy_bias:
+        (grad,) = torch.autograd.grad(risk_fn(logits * scale, y), [scale], create_graph=True)
+        return grad.pow(2).sum()
+    shift = torch.zeros(scale_shape, dtype=logits.dtype, device=logits.device, requires_grad=True)
+    grad_scale, grad_shift = torch.autograd.grad(risk_fn(logits * scale + shift, y), [scale, shift], create_graph=True)
+    return grad_scale.pow(2).sum() + grad_shift.pow(2).sum()
 
 
 class MultiEnvAlgorithm(pl.LightningModule):
@@ -160,7 +179,8 @@ class MultiEnvAlgorithm(pl.LightningModule):
         network: maps inputs to logits (1 for binary, k for k classes).
         optimizer: a partial optimizer constructor (Hydra ``_partial_: true``), called with
             the parameters in :meth:`configure_optimizers`.
-        num_classes: number of classes of the task.
+        num_classes: number of classes of the task; :data:`REGRESSION` (1) for a real-valued
+            target (one output, mean squared error).
         num_outputs: logits of the network (1 for a binary task on one logit, the default; 2 for
             a binary task on two softmax logits; k for k classes).
         l2_weight: weight of the squared L2 norm of all parameters (biases included, as the
@@ -350,14 +370,15 @@ class MultiEnvAlgorithm(pl.LightningModule):
         return torch.cat(chunks)
 
     def evaluate_env(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """``loss``, ``penalty`` (IRMv1's) and ``acc`` (classification) or ``error`` (regression:
+        the mean squared error, the linear unit-tests' test error)."""
         logits = self.predict_logits(x).detach()
         with torch.enable_grad():
             penalty = irm_penalty(logits, y, self.risk_fn)
-        return {
-            "loss": self.risk_fn(logits, y).item(),
-            "acc": accuracy(logits, y, self.num_classes).item(),
-            "penalty": penalty.item(),
-        }
+        loss = self.risk_fn(logits, y).item()
+        if self.num_classes == REGRESSION:
+            return {"loss": loss, "error": loss, "penalty": penalty.item()}
+        return {"loss": loss, "acc": accuracy(logits, y, self.num_classes).item(), "penalty": penalty.item()}
 
     def evaluate(self, eval_batch: Mapping[str, EnvBatch]) -> dict[str, float]:
         """``{"<split>/<env>/<metric>": value}`` for every split, env and metric, in float32
