@@ -66,7 +66,10 @@ class Spec:
 
 SPECS = {
     "table1": Spec(
-        ["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale"], {"cmnist": "cmnist"}, P_ENVS, tag="table1"
+        ["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale", "group_dro", "ib_irm", "fishr", "eqrm", "mldg", "irmx"],
+        {"cmnist": "cmnist"},
+        P_ENVS,
+        tag="table1",
     ),
     "table2": Spec(
         ["erm", "irm", "meta_irm", "grayscale"], {"cmnist5": "cmnist5", "cmnist10": "cmnist10"}, ["p0.9"], tag="table2"
@@ -123,7 +126,7 @@ SPECS = {
         extra={"trainer.val_check_interval": 10},
     ),
 }
-JOBS = {"table1": 60, "table2": 80, "table3": 90, "table4": 30, "table5": 70, "table6": 120,
+JOBS = {"table1": 120, "table2": 80, "table3": 90, "table4": 30, "table5": 70, "table6": 120,
         "fig3": 60, "fig4": 120, "fig5": 90, "fig6": 30}  # fmt: skip
 
 
