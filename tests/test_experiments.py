@@ -66,7 +66,20 @@ class Spec:
 
 SPECS = {
     "table1": Spec(
-        ["erm", "irm", "vrex", "mmrex", "meta_irm", "grayscale", "group_dro", "ib_irm", "fishr", "eqrm", "mldg", "irmx"],
+        [
+            "erm",
+            "irm",
+            "vrex",
+            "mmrex",
+            "meta_irm",
+            "grayscale",
+            "group_dro",
+            "ib_irm",
+            "fishr",
+            "eqrm",
+            "mldg",
+            "irmx",
+        ],
         {"cmnist": "cmnist"},
         P_ENVS,
         tag="table1",

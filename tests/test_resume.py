@@ -175,7 +175,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, algorithm):
     else:
         pytest.fail(f"every run ended before the kill landed (max_steps {MAX_STEPS}): the machine is too loaded")
 
-    assert f"resuming from step {resume_step} " in output
+    assert f"resumed from step {resume_step} " in output
     expected, actual = run_dir(reference_root), run_dir(resumed_root)
     assert (actual / "done").exists()
     expected_records, actual_records = read_jsonl(expected / "results.jsonl"), read_jsonl(actual / "results.jsonl")

@@ -229,7 +229,7 @@ def test_killed_sweep_relaunch_skips_finished_and_resumes_the_rest(tmp_path, lau
         else:  # (b) completed by the relaunch, resumed where it had a checkpoint
             assert "run already finished" not in log, job
         if job in resumable:
-            assert f"resuming from step {resumable[job]} " in log, job
+            assert f"resumed from step {resumable[job]} " in log, job
             assert records[: len(kept_records[job])] == kept_records[job], job
 
     # (c) the report fills every cell with both seeds

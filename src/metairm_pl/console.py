@@ -39,11 +39,13 @@ def quiet_third_party() -> None:
     """Hide what does not concern this project's users: Lightning's advertisement for its
     cloud logger, its TPU line and its "`Trainer.fit` stopped: `max_steps` reached" (the run
     prints its own summary), and the ``LeafSpec`` deprecation warning its pytree helper
-    raises under torch 2.14."""
+    raises under torch 2.14, and its advice to use ``srun`` on a machine that merely has SLURM."""
     global _quieted
     if _quieted:
         return
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # On a machine with SLURM's client tools but outside a job (a login node, tests/slurm/cluster.sh):
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system but is not used.*")
     logging.getLogger(LIGHTNING_INFO_LOGGER).addFilter(
         _DropMessages("litlogger", "TPU available", "`Trainer.fit` stopped: `max_steps=")
     )

@@ -44,6 +44,7 @@ from metairm_pl.files import read_jsonl
 from metairm_pl.precision import describe_precision
 from metairm_pl.provenance import provenance
 from metairm_pl.search_objective import check_objective_data
+from metairm_pl.slurm import apply_allocation, trainer_plugins
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def _train_in(run_dir: Path, cfg: DictConfig, announce: bool) -> dict[str, Any]:
         precision, accelerator = str(cfg.trainer.precision), str(cfg.trainer.get("accelerator", "cpu"))
         if announce:
             log.info(describe_precision(precision, cfg.algorithm.name, cfg.data.name, accelerator))
+        apply_allocation()  # inside a SLURM job: as many threads as the allocation's CPUs
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
         if cfg.get("deterministic", True):
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -156,14 +158,18 @@ def _train_in(run_dir: Path, cfg: DictConfig, announce: bool) -> dict[str, Any]:
         callbacks = build_callbacks(cfg)
         check_callbacks_have_data(callbacks, datamodule)
         trainer = build_trainer(
-            cfg, callbacks=callbacks + [writer, checkpointer], logger=loggers or False, default_root_dir=str(run_dir)
+            cfg,
+            callbacks=callbacks + [writer, checkpointer],
+            logger=loggers or False,
+            default_root_dir=str(run_dir),
+            plugins=trainer_plugins(),
         )
         from_step = resume_point.step if resume_point is not None else 0
         layout.append_provenance(run_dir, provenance(precision, accelerator, from_step))
         if resume_point is not None:
             kept = writer.keep_until(resume_point.step)
             log.info(
-                "resuming from step %d (%s); kept %d record(s) up to that step",
+                "resumed from step %d (checkpoint %s); kept %d record(s) up to that step",
                 resume_point.step,
                 resume_point.checkpoint,
                 kept,
@@ -194,6 +200,8 @@ def _train_in(run_dir: Path, cfg: DictConfig, announce: bool) -> dict[str, Any]:
         layout.mark_done(run_dir, final)
         status = "success"
         return final
+    except (KeyboardInterrupt, SystemExit):
+        raise  # interrupted (a kill, a preemption's requeue): unfinished, not failed, and resumable
     except BaseException as error:
         layout.mark_failed(run_dir, failure_text(error))
         raise

@@ -14,8 +14,8 @@ any did, so scripts notice.  The jobs may run in other processes or on other mac
 :class:`ResumableSearch` (also a Hydra callback) lets a search whose Optuna study is kept in
 storage (our ``hparams_search`` presets: SQLite in the sweep directory) resume: it creates
 the sweep directory before the study is opened there, and lowers ``n_trials`` by the trials
-the study already holds, so a relaunch completes the budget (hydra-optuna-sweeper would
-otherwise run ``n_trials`` more).
+the study has completed, so a relaunch completes the budget (hydra-optuna-sweeper would
+otherwise run ``n_trials`` more); trials a killed launcher left running are marked failed.
 """
 
 from __future__ import annotations
@@ -128,11 +128,21 @@ class ResumableSearch(Callback):
 
 
 def trials_in_storage(storage: str, study_name: str) -> int:
-    """How many trials study ``study_name`` in ``storage`` holds (0 if there is no such study)."""
+    """How many trials study ``study_name`` in ``storage`` has ended (0 if there is no such study).
+
+    Runs only while no launcher of the study runs, so a trial still ``RUNNING`` was left by a
+    killed launcher: it is marked ``FAIL`` (its job may have finished its run directory, which a
+    later trial with the same parameters then reads instead of training again) and not counted."""
     import optuna
+    from optuna.trial import TrialState
 
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # optuna 2.10: no study of that name
         return 0
-    return len(study.trials)
+    stale = [trial for trial in study.trials if trial.state == TrialState.RUNNING]
+    for trial in stale:
+        study._storage.set_trial_state(trial._trial_id, TrialState.FAIL)
+    if stale:
+        log.info("study %s: %d trial(s) left running by a killed launcher marked failed", study_name, len(stale))
+    return sum(trial.state == TrialState.COMPLETE for trial in study.trials)
