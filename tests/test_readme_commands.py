@@ -190,3 +190,22 @@ def test_a_failed_trial_does_not_end_a_search(tmp_path):
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_params"]["algorithm.optimizer.lr"] == 0.001
     assert len(finished_runs(sweep_dir)) >= 1 and len(list(sweep_dir.rglob("failed"))) == 1
+
+
+def test_a_linear_unit_test(tmp_path):
+    command = "python train.py data=linear_unit_tests data.problem=Example2 algorithm=fishr"
+    result = typed(command, tmp_path, "data.num_samples=200", "trainer.max_steps=20", "trainer.val_check_interval=10")
+    assert succeeded(result)
+    assert finished_runs(tmp_path / "outputs" / "runs") == {("Example2", "fishr", "seed=0")}
+    assert "fishr on Example2 (seed 0), step 20:" in result.stdout + result.stderr
+
+
+def test_the_unit_tests_experiment_and_its_report(tmp_path):
+    result = typed("python train.py -m experiment=unit_tests", tmp_path, "algorithm=erm,irm", "data.problem=Example1",
+                   "data_seed=0,1", "data.num_samples=100", "trainer.max_steps=10", "trainer.val_check_interval=10")  # fmt: skip
+    assert succeeded(result)
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "unit_tests"
+    assert len(finished_runs(sweep_dir)) == 2 and len(list(sweep_dir.rglob("done"))) == 4
+    report = subprocess.run([sys.executable, "-m", "metairm_pl.reporting.unit_tests", str(sweep_dir)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert "| ERM |" in report.stdout and "| IRMv1 |" in report.stdout and "(n=2)" in report.stdout

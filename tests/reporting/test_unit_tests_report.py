@@ -56,3 +56,11 @@ def test_runs_on_shuffled_data_are_the_oracle_row(tmp_path):
     assert "| ERM | 0.45 ± 0.00 (n=1) |" in text and text.rstrip().endswith(
         "| Oracle (shuffled data) | 0.02 ± 0.00 (n=1) |"
     )
+
+
+def test_data_seeds_are_averaged_not_configurations():
+    from metairm_pl.reporting.unit_tests import configuration
+
+    assert configuration("algorithm.optimizer.lr=0.01,data_seed=3") == "algorithm.optimizer.lr=0.01"
+    assert configuration("data.oracle=true,data_seed=0") == "" == configuration("")
+    assert configuration("data.train_envs=[{a:1,b:2}],data_seed=1") == "data.train_envs=[{a:1,b:2}]"

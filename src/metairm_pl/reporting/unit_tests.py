@@ -44,6 +44,22 @@ def error(record: Mapping, split: str, env: str) -> float:
     return float(value) if value is not None else 1.0 - float(record[f"{split}/{env}/acc"])
 
 
+def configuration(settings: str) -> str:
+    """A run's hyperparameter configuration: its settings without the data seed (and the oracle
+    flag, which makes its own row), the items the protocol averages or splits over."""
+    items, depth, start = [], 0, 0
+    for index, char in enumerate(settings + ","):
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(settings[start:index])
+            start = index + 1
+    kept = [item for item in items if item and not item.startswith(("data_seed=", "data.oracle="))]
+    return ",".join(kept)
+
+
 def population_std(values: Sequence[float]) -> float:
     return statistics.pstdev(values) if len(values) > 1 else 0.0
 
@@ -69,7 +85,7 @@ def select(runs: Sequence[Run]) -> dict[tuple[str, str], Selected]:
     for run in runs:
         if run.status is RunStatus.DONE and run.records:
             method = ORACLE if run.config_value("data.oracle") else run.algorithm
-            groups[(run.data, method)][run.settings].append(run.records[-1])
+            groups[(run.data, method)][configuration(run.settings)].append(run.records[-1])
     kept = {}
     for key, by_settings in groups.items():
         candidates = []
