@@ -100,8 +100,11 @@ def test_a_requeued_job_resumes_and_writes_the_same_bytes(cluster, tmp_path):
 
 
 def test_a_job_past_its_time_limit_finishes_on_a_later_allocation(cluster, tmp_path):
-    process = launch(tmp_path, *SLOW_SYNTHETIC, "trainer.max_steps=4000", "hydra.launcher.timeout_min=1",
-                     "hydra.launcher.signal_delay_s=30", "checkpoint_every=20")  # fmt: skip
+    """A 1-minute time limit, signalled 30 s before it; the job needs about 1.5 allocations of
+    training (under a varying load it may need more: up to 5 requeues are allowed)."""
+    process = launch(tmp_path, *SLOW_SYNTHETIC, "trainer.max_steps=120", "trainer.val_check_interval=20",
+                     "checkpoint_every=20", "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30",
+                     "hydra.launcher.max_num_timeout=5")  # fmt: skip
     output = finish(process)
     assert process.returncode == 0, output[-3000:]
     (run,) = run_dirs(tmp_path)
