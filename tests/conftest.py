@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from metairm_pl.resolvers import register_resolvers
 # One intra-op thread: the tiny test models gain nothing from more, and on a loaded 2-core
 # machine oversubscription makes the suite several times slower.
 torch.set_num_threads(1)
+# As train.py: the objects the imports made live for the whole session; keep them out of the
+# collector's full passes (bench/README.md, "Start-up of a short run").
+gc.freeze()
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 QUIET = ["trainer.enable_progress_bar=false", "logger=none"]
