@@ -83,12 +83,12 @@ def test_a_four_job_sweep_runs_as_an_array(cluster, tmp_path):
     assert output.count("Bypassing sacct error") == 0 and output.count("keeps no job accounting") == 1
 
 
-def test_a_requeued_job_resumes_and_writes_the_same_bytes(cluster, tmp_path):
-    steps = ["trainer.max_steps=1500"]
-    reference = launch(tmp_path / "reference", *SLOW_SYNTHETIC, *steps)
-    requeued = launch(tmp_path / "requeued", *SLOW_SYNTHETIC, *steps)
-    checkpoint = lambda: list((tmp_path / "requeued" / "outputs").rglob("checkpoints/last.ckpt"))  # noqa: E731
-    wait_for(checkpoint, "the first checkpoint")
+def requeued_and_uninterrupted_agree(tmp_path: Path, settings: list[str]) -> None:
+    """The same job twice on the cluster; one is requeued (``scontrol requeue``) once it has a
+    checkpoint: it says it resumed, and its records equal the uninterrupted job's byte for byte."""
+    reference = launch(tmp_path / "reference", *settings)
+    requeued = launch(tmp_path / "requeued", *settings)
+    wait_for(lambda: list((tmp_path / "requeued" / "outputs").rglob("checkpoints/last.ckpt")), "a checkpoint")
     (job,) = [p.name for p in (tmp_path / "requeued" / "outputs").rglob(".submitit/*") if re.fullmatch(r"\d+", p.name)]
     subprocess.run(["scontrol", "requeue", job], check=True)
     for process in (reference, requeued):
@@ -97,6 +97,10 @@ def test_a_requeued_job_resumes_and_writes_the_same_bytes(cluster, tmp_path):
     assert "resumed from step" in job_logs(tmp_path / "requeued")
     (expected,), (actual,) = run_dirs(tmp_path / "reference"), run_dirs(tmp_path / "requeued")
     assert (actual / "results.jsonl").read_bytes() == (expected / "results.jsonl").read_bytes()
+
+
+def test_a_requeued_job_resumes_and_writes_the_same_bytes(cluster, tmp_path):
+    requeued_and_uninterrupted_agree(tmp_path, [*SLOW_SYNTHETIC, "trainer.max_steps=1500"])
 
 
 def test_a_job_past_its_time_limit_finishes_on_a_later_allocation(cluster, tmp_path):
@@ -116,18 +120,9 @@ def test_a_job_past_its_time_limit_finishes_on_a_later_allocation(cluster, tmp_p
 @pytest.mark.skipif(not os.environ.get("METAIRM_DATA_DIR"), reason="needs MNIST: set METAIRM_DATA_DIR")
 def test_a_requeued_colored_mnist_job_writes_the_same_bytes(cluster, tmp_path):
     """The real thing: IRMv1 on Colored MNIST in bf16, requeued after its step-100 checkpoint."""
-    settings = ["algorithm=irm", "trainer.precision=bf16-mixed", "trainer.max_steps=301", "checkpoint_every=100"]
-    reference = launch(tmp_path / "reference", *settings)
-    requeued = launch(tmp_path / "requeued", *settings)
-    wait_for(lambda: list((tmp_path / "requeued" / "outputs").rglob("checkpoints/last.ckpt")), "a checkpoint")
-    (job,) = [p.name for p in (tmp_path / "requeued" / "outputs").rglob(".submitit/*") if re.fullmatch(r"\d+", p.name)]
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    for process in (reference, requeued):
-        output = finish(process)
-        assert process.returncode == 0, output[-3000:]
-    assert "resumed from step" in job_logs(tmp_path / "requeued")
-    (expected,), (actual,) = run_dirs(tmp_path / "reference"), run_dirs(tmp_path / "requeued")
-    assert (actual / "results.jsonl").read_bytes() == (expected / "results.jsonl").read_bytes()
+    requeued_and_uninterrupted_agree(
+        tmp_path, ["algorithm=irm", "trainer.precision=bf16-mixed", "trainer.max_steps=301", "checkpoint_every=100"]
+    )
 
 
 def test_a_search_completes_its_study_after_its_launcher_is_killed(cluster, tmp_path):
