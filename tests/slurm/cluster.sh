@@ -3,7 +3,8 @@
 #   tests/slurm/cluster.sh start    # install Debian's slurm-wlm and munge if missing, configure, start, wait
 #   tests/slurm/cluster.sh stop     # stop the daemons (the configuration stays)
 #   tests/slurm/cluster.sh status   # sinfo
-# Idempotent: `start` on a running cluster only waits for the node to be idle. Needs root (apt,
+# Idempotent: `start` on a running cluster only waits for the node to be idle; from stopped
+# daemons it starts with an empty job list (jobs of an earlier start are dropped). Needs root (apt,
 # daemons). One partition, `debug`, holds this host with all its CPUs; no accounting.
 set -euo pipefail
 CONF_DIR=/etc/slurm
@@ -59,7 +60,9 @@ start() {
   install_packages
   write_config
   pgrep -x munged >/dev/null || runuser -u munge -- munged
-  pgrep -x slurmctld >/dev/null || slurmctld
+  # Started from stopped daemons (after `stop` or a machine restart), the saved state's jobs
+  # have no processes left, yet would hold the node as "running" for ever: -c drops them.
+  pgrep -x slurmctld >/dev/null || slurmctld -c
   pgrep -x slurmd >/dev/null || slurmd
   for _ in $(seq 60); do
     state=$(sinfo -h -N -o %T 2>/dev/null | head -n 1 || true)
