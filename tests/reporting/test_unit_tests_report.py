@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from metairm_pl.reporting.embedded import refresh
 from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.unit_tests import main, render, select
 
@@ -64,3 +65,11 @@ def test_data_seeds_are_averaged_not_configurations():
     assert configuration("algorithm.optimizer.lr=0.01,data_seed=3") == "algorithm.optimizer.lr=0.01"
     assert configuration("data.oracle=true,data_seed=0") == "" == configuration("")
     assert configuration("data.train_envs=[{a:1,b:2}],data_seed=1") == "data.train_envs=[{a:1,b:2}]"
+
+
+def test_a_markdown_block_with_unit_tests_is_this_table(tmp_path):
+    write(tmp_path / "runs", "Example1", "irm", "default", 0, val=[1.0], test=[10.0])
+    write(tmp_path / "runs", "Example1", "irm", "default", 1, val=[1.0], test=[14.0])
+    page, changed = refresh("<!-- report: runs --unit-tests -->\n<!-- /report -->\n", tmp_path)
+    assert changed == ["runs --unit-tests"]
+    assert "| IRMv1 | 12.00 ± 2.00 (n=2) |" in page and refresh(page, tmp_path)[1] == []

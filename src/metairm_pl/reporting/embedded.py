@@ -9,6 +9,9 @@ report that produces it (directories relative to the repository root, and the op
     ...
     <!-- /report -->
 
+``--unit-tests`` in the arguments makes the block the linear unit-tests' table instead
+(``python -m metairm_pl.reporting.unit_tests``: the reference's selection and "Avg").
+
 ``python -m metairm_pl.reporting.embedded README.md docs/*.md`` rewrites every such block
 from the records (``--check``: exit 1 and name the blocks that differ, without writing);
 ``tests/reporting/test_embedded_tables.py`` runs the check on the repository's own files, so
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from metairm_pl.reporting import unit_tests
 from metairm_pl.reporting.__main__ import seed_count
 from metairm_pl.reporting.records import load_runs
 from metairm_pl.reporting.selection import DEFAULT_SELECTION, SELECTION_NAMES, get_selection
@@ -50,6 +54,7 @@ def report_arguments(args: str) -> argparse.Namespace:
     parser.add_argument("--oracle-env", default=None)
     parser.add_argument("--also-selection", choices=[n for n in SELECTION_NAMES if n != "oracle"], default=None)
     parser.add_argument("--expect-seeds", type=seed_count, default=None)
+    parser.add_argument("--unit-tests", action="store_true")
     return parser.parse_args(shlex.split(args))
 
 
@@ -59,8 +64,10 @@ def render_block(args: str, root: Path) -> str:
     missing = [d for d in options.dirs if not (root / d).is_dir()]
     if missing:
         raise FileNotFoundError(f"report block '{args}': no directory {missing} under {root}")
-    selection = get_selection(options.selection, options.oracle_env)
     runs = load_runs([root / d for d in options.dirs])
+    if options.unit_tests:
+        return unit_tests.render(unit_tests.select(runs))
+    selection = get_selection(options.selection, options.oracle_env)
     also = get_selection(options.also_selection) if options.also_selection else None
     tables = build_tables(runs, selection, options.expect_seeds)
     return "\n\n".join(render_table_markdown(t, also and extra_column(t, runs, also)) for t in tables) + "\n"
