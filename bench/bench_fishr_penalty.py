@@ -59,7 +59,7 @@ def one_repeat(network, envs) -> tuple[dict[str, float], float]:
     seconds = {}
 
     def forward():
-        for name, (x, y) in envs.items():
+        for x, y in envs.values():
             risk_fn(network(x), y.float().view(-1, 1))
 
     seconds["forward"] = timed(forward)
