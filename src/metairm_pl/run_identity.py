@@ -33,6 +33,7 @@ VOLATILE_KEYS = (
     "data.data_dir",  # where the (checksum-verified) files are read from
     "logger",
     "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",  # how often the logger is shown a step (records are unaffected)
 )
 NAMED_IN_PATH = ("data", "algorithm", "seed", "trainer.precision")
 NAMED_BY_SWEEP = ("experiment", "hparams_search")
