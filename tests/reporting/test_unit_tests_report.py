@@ -73,3 +73,34 @@ def test_a_markdown_block_with_unit_tests_is_this_table(tmp_path):
     page, changed = refresh("<!-- report: runs --unit-tests -->\n<!-- /report -->\n", tmp_path)
     assert changed == ["runs --unit-tests"]
     assert "| IRMv1 | 12.00 ± 2.00 (n=2) |" in page and refresh(page, tmp_path)[1] == []
+
+
+def test_published_figures_are_the_reference_papers_rows_beside_ours(tmp_path, capsys):
+    write(tmp_path, "Example1", "erm", "default", 0, val=[1.0], test=[13.0])
+    assert main([str(tmp_path), "--published"]) == 0
+    out = capsys.readouterr().out
+    # the reference's results_processed (nenvs=3, dinv=5, dspu=5): ERM 13.362887 ± 1.486692 on Example1
+    assert "| ERM | 13.00 ± 0.00 (n=1) |" in out
+    assert "| ERM, published (n=50) | 13.36 ± 1.49 |" in out
+    assert "| AND-mask, published (n=50) | 10.59 ± 0.17 |" in out
+    assert "| Oracle, published (n=50) | 10.42 ± 0.16 |" in out
+    assert main([str(tmp_path)]) == 0 and "published" not in capsys.readouterr().out
+
+
+def test_published_figures_are_refused_beside_another_setting(tmp_path, capsys):
+    write(tmp_path, "Example2", "erm", "default", 0, val=[0.1], test=[0.4])
+    (tmp_path / "Example2" / "erm" / "default" / "seed=0" / "config.yaml").write_text("data:\n  n_envs: 4\n")
+    assert main([str(tmp_path), "--published"]) != 0
+    err = capsys.readouterr().err
+    assert "data.n_envs=3" in err and "data.n_envs=4" in err
+
+
+def test_published_figures_cover_the_six_problems_and_five_methods():
+    from metairm_pl.reporting.unit_tests import published_figures
+
+    figures = published_figures()
+    assert figures["setting"] == {"n_envs": 3, "dim_inv": 5, "dim_spu": 5}
+    table = figures["test_error_mean_std"]
+    assert sorted(table) == ["Example1", "Example1s", "Example2", "Example2s", "Example3", "Example3s"]
+    assert all(list(row) == ["ERM", "IRMv1", "IGA", "ANDMask", "Oracle"] for row in table.values())
+    assert table["Example2"]["Oracle"] == [0.0, 0.0] and table["Example3"]["ANDMask"][0] < table["Example3"]["ERM"][0]

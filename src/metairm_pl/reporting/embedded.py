@@ -10,7 +10,8 @@ report that produces it (directories relative to the repository root, and the op
     <!-- /report -->
 
 ``--unit-tests`` in the arguments makes the block the linear unit-tests' table instead
-(``python -m metairm_pl.reporting.unit_tests``: the reference's selection and "Avg").
+(``python -m metairm_pl.reporting.unit_tests``: the reference's selection and "Avg"); with
+``--published`` too, the reference paper's figures as rows beside ours.
 
 ``python -m metairm_pl.reporting.embedded README.md docs/*.md`` rewrites every such block
 from the records (``--check``: exit 1 and name the blocks that differ, without writing);
@@ -55,6 +56,7 @@ def report_arguments(args: str) -> argparse.Namespace:
     parser.add_argument("--also-selection", choices=[n for n in SELECTION_NAMES if n != "oracle"], default=None)
     parser.add_argument("--expect-seeds", type=seed_count, default=None)
     parser.add_argument("--unit-tests", action="store_true")
+    parser.add_argument("--published", action="store_true")  # with --unit-tests: the reference's figures too
     return parser.parse_args(shlex.split(args))
 
 
@@ -66,7 +68,9 @@ def render_block(args: str, root: Path) -> str:
         raise FileNotFoundError(f"report block '{args}': no directory {missing} under {root}")
     runs = load_runs([root / d for d in options.dirs])
     if options.unit_tests:
-        return unit_tests.render(unit_tests.select(runs))
+        if options.published:
+            unit_tests.check_published_setting(runs)
+        return unit_tests.render(unit_tests.select(runs), published=options.published)
     selection = get_selection(options.selection, options.oracle_env)
     also = get_selection(options.also_selection) if options.also_selection else None
     tables = build_tables(runs, selection, options.expect_seeds)

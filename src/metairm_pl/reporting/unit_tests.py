@@ -11,11 +11,16 @@ reported per env (mean over data seeds, ± the population std, ddof 0) and as th
 "Avg": the mean over envs of those means, ± the mean over envs of those stds. The error is the
 reference's: the mean squared error for regression (``error`` in the records), the 0-1 error
 (1 − accuracy) for classification. Only finished runs count; nothing reads a test env to choose.
+
+``--published`` adds the reference paper's own figures (its ERM, IRMv1, IGA, AND-mask and Oracle,
+``evidence/unit_tests_published.json``) as rows beside ours; they are for the default setting
+(3 envs, 5 invariant and 5 spurious dimensions), so runs with another setting are refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from collections import defaultdict
@@ -24,10 +29,12 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from metairm_pl.algorithms.registry import label, table_sort_key
-from metairm_pl.errors import exits_on_user_error
+from metairm_pl.errors import ConfigError, exits_on_user_error
 from metairm_pl.reporting.records import Run, RunStatus, load_runs, metric_envs, natural_key
 
 ORACLE = "oracle"  # the method column of runs on shuffled data (data.oracle=true), the reference's Oracle
+PUBLISHED_FIGURES = Path(__file__).resolve().parent.parent / "evidence" / "unit_tests_published.json"
+PUBLISHED_LABELS = {"ERM": "ERM", "IRMv1": "IRMv1", "IGA": "IGA", "ANDMask": "AND-mask", "Oracle": "Oracle"}
 
 
 def method_label(method: str) -> str:
@@ -102,7 +109,40 @@ def select(runs: Sequence[Run]) -> dict[tuple[str, str], Selected]:
     return kept
 
 
-def render(kept: Mapping[tuple[str, str], Selected], per_env: bool = False) -> str:
+def published_figures() -> dict:
+    """The reference's published table: ``{"test_error_mean_std": {problem: {method: [mean, std]}},
+    "setting": ..., "n_data_seeds": ..., "source": ..., "protocol": ...}``."""
+    return json.loads(PUBLISHED_FIGURES.read_text())
+
+
+def check_published_setting(runs: Sequence[Run]) -> None:
+    """Refuse to set the published figures beside runs of another data setting than theirs."""
+    setting = published_figures()["setting"]
+    for run in runs:
+        for key, value in setting.items():
+            ours = run.config_value(f"data.{key}")
+            if ours is not None and ours != value:
+                raise ConfigError(
+                    f"--published: the reference's figures are for data.{key}={value}, but {run.path} has "
+                    f"data.{key}={ours}; report these runs without --published."
+                )
+
+
+def published_rows(problems: Sequence[str]) -> list[str]:
+    figures = published_figures()
+    table = figures["test_error_mean_std"]
+    methods = list(next(iter(table.values())))
+    rows = []
+    for method in methods:
+        cells = []
+        for problem in problems:
+            value = table.get(problem, {}).get(method)
+            cells.append("—" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}")
+        rows.append(f"| {PUBLISHED_LABELS.get(method, method)}, published (n={figures['n_data_seeds']}) | " + " | ".join(cells) + " |")
+    return rows
+
+
+def render(kept: Mapping[tuple[str, str], Selected], per_env: bool = False, published: bool = False) -> str:
     problems = sorted({problem for problem, _ in kept}, key=natural_key)
     methods = sorted({method for _, method in kept}, key=method_order)
     lines = [
@@ -123,6 +163,9 @@ def render(kept: Mapping[tuple[str, str], Selected], per_env: bool = False) -> s
             mean, std = selected.average
             cells.append(f"{mean:.2f} ± {std:.2f} (n={selected.n})")
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
+    if published:
+        lines += published_rows(problems)
+        lines += ["", f"Published: Aubin et al. 2021, {published_figures()['source']}; {published_figures()['protocol']}."]
     if per_env:
         lines += ["", "| problem | method | settings | " + "per test env (mean ± std) |", "| --- | --- | --- | --- |"]
         for (problem, method), selected in sorted(
@@ -140,9 +183,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("dirs", nargs="+", help="folders searched at any depth for run dirs")
     parser.add_argument("--per-env", action="store_true", help="also each kept configuration's per-env errors")
+    parser.add_argument(
+        "--published", action="store_true", help="add the reference paper's figures (3 envs, 5 + 5 dims only)"
+    )
     parser.add_argument("--out", default=None, help="also write the markdown here")
     args = parser.parse_args(argv)
-    text = render(select(load_runs(args.dirs)), per_env=args.per_env)
+    runs = load_runs(args.dirs)
+    if args.published:
+        check_published_setting(runs)
+    text = render(select(runs), per_env=args.per_env, published=args.published)
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text)
