@@ -23,7 +23,7 @@ GROUPS = ("data", "model", "algorithm", "trainer", "callbacks", "logger", "exper
 # Top-level and nested settings a user types, with a value other than the default.
 SCALARS = (
     "seed=3", "data_seed=4", "tag=x", "deterministic=false", "overwrite=true", "resume=false",
-    "checkpoint_every=7", "objective=val_acc", "trainer.enable_progress_bar=false",
+    "checkpoint_every=7", "objective=val_acc", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=50",
     "paths.data_dir=/elsewhere", "paths.output_root=/elsewhere", "model.hidden_dim=64",
     "trainer.max_steps=7", "trainer.precision=32-true", "trainer.precision=bf16-mixed",
 )  # fmt: skip
@@ -64,8 +64,12 @@ def test_every_option_either_names_the_run_or_leaves_its_identity_alone():
 
 
 @pytest.mark.parametrize(
-    "override", ["checkpoint_every=7", "logger=wandb", "paths.data_dir=/elsewhere", "data.data_dir=/x", "resume=false"]
-)
+    "override",
+    [
+        "checkpoint_every=7", "logger=wandb", "paths.data_dir=/elsewhere", "data.data_dir=/x", "resume=false",
+        "trainer.log_every_n_steps=50",
+    ],
+)  # fmt: skip
 def test_volatile_settings_are_left_out_of_name_and_identity(override):
     assert identity(override) == identity()
 

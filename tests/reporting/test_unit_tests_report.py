@@ -104,3 +104,9 @@ def test_published_figures_cover_the_six_problems_and_five_methods():
     assert sorted(table) == ["Example1", "Example1s", "Example2", "Example2s", "Example3", "Example3s"]
     assert all(list(row) == ["ERM", "IRMv1", "IGA", "ANDMask", "Oracle"] for row in table.values())
     assert table["Example2"]["Oracle"] == [0.0, 0.0] and table["Example3"]["ANDMask"][0] < table["Example3"]["ERM"][0]
+
+
+def test_a_markdown_block_with_published_adds_the_reference_papers_rows(tmp_path):
+    write(tmp_path / "runs", "Example3", "irm", "default", 0, val=[0.3], test=[0.25])
+    page, _ = refresh("<!-- report: runs --unit-tests --published -->\n<!-- /report -->\n", tmp_path)
+    assert "| IRMv1 | 0.25 ± 0.00 (n=1) |" in page and "| IRMv1, published (n=50) | 0.48 ± 0.07 |" in page
