@@ -138,7 +138,11 @@ def published_rows(problems: Sequence[str]) -> list[str]:
         for problem in problems:
             value = table.get(problem, {}).get(method)
             cells.append("—" if value is None else f"{value[0]:.2f} ± {value[1]:.2f}")
-        rows.append(f"| {PUBLISHED_LABELS.get(method, method)}, published (n={figures['n_data_seeds']}) | " + " | ".join(cells) + " |")
+        rows.append(
+            f"| {PUBLISHED_LABELS.get(method, method)}, published (n={figures['n_data_seeds']}) | "
+            + " | ".join(cells)
+            + " |"
+        )
     return rows
 
 
@@ -165,7 +169,10 @@ def render(kept: Mapping[tuple[str, str], Selected], per_env: bool = False, publ
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
     if published:
         lines += published_rows(problems)
-        lines += ["", f"Published: Aubin et al. 2021, {published_figures()['source']}; {published_figures()['protocol']}."]
+        lines += [
+            "",
+            f"Published: Aubin et al. 2021, {published_figures()['source']}; {published_figures()['protocol']}.",
+        ]
     if per_env:
         lines += ["", "| problem | method | settings | " + "per test env (mean ± std) |", "| --- | --- | --- | --- |"]
         for (problem, method), selected in sorted(
