@@ -60,7 +60,8 @@ def build_algorithm(cfg: DictConfig, datamodule) -> pl.LightningModule:
         network = instantiate(
             cfg.model, input_shape=datamodule.input_shape, num_outputs=datamodule.num_outputs, **data_kwargs
         )
-    algorithm_cfg = OmegaConf.masked_copy(cfg.algorithm, [k for k in cfg.algorithm if k != "name"])
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg.algorithm, resolve=True))  # may read ${seed}, ${data...}
+    algorithm_cfg = OmegaConf.masked_copy(resolved, [k for k in resolved if k != "name"])
     check_known_keys("algorithm", algorithm_cfg, ignore=("network", "num_classes", "num_outputs"))
     with building("algorithm", cfg):
         algorithm = instantiate(

@@ -37,6 +37,8 @@ def register_resolvers() -> None:
       launcher or sweeper), unlike ``${hydra:runtime.cwd}``.
     * ``${default_precision:ALGORITHM,DATA,ACCELERATOR}``:
       :func:`metairm_pl.precision.default_precision`.
+    * ``${unit_tests_hparam:NAME,SEED[,N_ENVS]}``: the linear unit-tests reference's configuration
+      of a model seed, :func:`metairm_pl.unit_tests_search.hyperparameter`.
     """
     if not OmegaConf.has_resolver("or_default"):
         OmegaConf.register_new_resolver("or_default", lambda value, default: value if value else default)
@@ -46,6 +48,14 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("launch_dir", launch_dir)
     if not OmegaConf.has_resolver("default_precision"):
         OmegaConf.register_new_resolver("default_precision", _default_precision)
+    if not OmegaConf.has_resolver("unit_tests_hparam"):
+        OmegaConf.register_new_resolver("unit_tests_hparam", _unit_tests_hparam)
+
+
+def _unit_tests_hparam(name: str, seed: int, n_envs: int = 0) -> float:
+    from metairm_pl.unit_tests_search import hyperparameter
+
+    return hyperparameter(name, seed, n_envs)
 
 
 def _default_precision(algorithm: str, data: str, accelerator: str) -> str:

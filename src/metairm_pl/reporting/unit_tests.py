@@ -3,7 +3,8 @@
     python -m metairm_pl.reporting.unit_tests DIR... [--per-env] [--out FILE]
 
 For each problem (data name) and method, the runs are grouped by their settings (the run
-directory's override name, i.e. one hyperparameter configuration); the configuration kept is
+directory's override name) and model seed, i.e. one hyperparameter configuration (the reference's
+"model seed": ``experiment=unit_tests_search``); the configuration kept is
 the one with the smallest sum over the training envs of the mean, over data seeds, of the
 validation error (training-domain validation: the reference's selection). Runs on shuffled data
 (``data.oracle=true``) form the Oracle row. Its test error is
@@ -51,9 +52,11 @@ def error(record: Mapping, split: str, env: str) -> float:
     return float(value) if value is not None else 1.0 - float(record[f"{split}/{env}/acc"])
 
 
-def configuration(settings: str) -> str:
+def configuration(settings: str, seed: Optional[int] = None) -> str:
     """A run's hyperparameter configuration: its settings without the data seed (and the oracle
-    flag, which makes its own row), the items the protocol averages or splits over."""
+    flag, which makes its own row), the items the protocol averages or splits over; and its model
+    seed, which is the reference's configuration (``experiment=unit_tests_search``) as its
+    ``collect_results.py`` groups by model seed."""
     items, depth, start = [], 0, 0
     for index, char in enumerate(settings + ","):
         if char in "[{(":
@@ -64,6 +67,8 @@ def configuration(settings: str) -> str:
             items.append(settings[start:index])
             start = index + 1
     kept = [item for item in items if item and not item.startswith(("data_seed=", "data.oracle="))]
+    if seed is not None:
+        kept.append(f"seed={seed}")
     return ",".join(kept)
 
 
@@ -92,7 +97,7 @@ def select(runs: Sequence[Run]) -> dict[tuple[str, str], Selected]:
     for run in runs:
         if run.status is RunStatus.DONE and run.records:
             method = ORACLE if run.config_value("data.oracle") else run.algorithm
-            groups[(run.data, method)][configuration(run.settings)].append(run.records[-1])
+            groups[(run.data, method)][configuration(run.settings, run.seed)].append(run.records[-1])
     kept = {}
     for key, by_settings in groups.items():
         candidates = []
