@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,19 +213,43 @@ def test_sweep_expands_to_algorithms_knobs_and_ten_seeds(name):
     assert len({tuple(sorted(job)) for job in jobs}) == len(jobs)
 
 
+def pairs_without_tuned_values(name: str, command_line: tuple[str, ...] = ()) -> list[str]:
+    """The (algorithm, data) pairs ``python train.py -m experiment=NAME *command_line`` launches that
+    have no conf/tuned/<algorithm>/<data>.yaml."""
+    default_data = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())["defaults"][0]["override /data"]
+    jobs = sweep_jobs(sweep_params(name), command_line)
+    assert jobs
+    pairs = set()
+    for job in jobs:
+        choice = dict(override.split("=", 1) for override in job)
+        pairs.add(f"{choice['algorithm']}/{choice.get('data', default_data)}")
+    return sorted(pair for pair in pairs if not (CONF / "tuned" / f"{pair}.yaml").is_file())
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_job_has_tuned_values(name):
     """A paper experiment never runs a pair on the neutral defaults by accident: every
     (algorithm, data) pair it launches has conf/tuned/<algorithm>/<data>.yaml."""
-    default_data = yaml.safe_load((CONF / "experiment" / f"{name}.yaml").read_text())["defaults"][0]["override /data"]
-    jobs = sweep_jobs(sweep_params(name))
-    assert jobs
-    for job in jobs:
-        choice = dict(override.split("=", 1) for override in job)
-        pair = f"{choice['algorithm']}/{choice.get('data', default_data)}"
-        assert (CONF / "tuned" / f"{pair}.yaml").is_file(), (
-            f"experiment={name} {' '.join(job)}: no conf/tuned/{pair}.yaml"
-        )
+    assert pairs_without_tuned_values(name) == []
+
+
+def documented_sweeps(doc: Path) -> list[tuple[str, ...]]:
+    """The arguments of each ``python train.py -m experiment=<paper table or figure> ...`` command in a
+    markdown file (shell-split, comments dropped)."""
+    commands = []
+    for line in doc.read_text().splitlines():
+        if "python train.py -m experiment=" in line:
+            words = tuple(shlex.split(line.split("python train.py -m ", 1)[1].split("`")[0], comments=True))
+            if words[0].split("=", 1)[1] in EXPERIMENTS:
+                commands.append(words)
+    return commands
+
+
+@pytest.mark.parametrize("words", documented_sweeps(CONF.parent / "docs" / "results.md"), ids=" ".join)
+def test_every_documented_sweep_job_has_tuned_values(words):
+    """The commands docs/results.md gives (e.g. the modern methods on cmnist_patch3 and PunctuatedSST-2,
+    algorithms and data typed on the command line) launch no pair without conf/tuned/<algorithm>/<data>.yaml."""
+    assert pairs_without_tuned_values(words[0].split("=", 1)[1], words[1:]) == []
 
 
 def test_command_line_values_replace_the_files_sweep_values():

@@ -41,3 +41,20 @@ def test_archived_runs_report_exactly_like_the_runs(make_config, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
     archive([sweep], tmp_path / "results")  # the same records again: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == stamps
+
+
+def test_a_compact_copy_archives_again_without_losing_its_records(make_config, tmp_path):
+    """A sweep resumed from results/ holds compact copies beside new runs: archiving it keeps their
+    compressed records byte for byte instead of deleting them."""
+    train(make_config(["data=synthetic", "algorithm=erm", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                       "logger=csv"], name="sweep/synthetic/erm/default/seed=0"))  # fmt: skip
+    archive([tmp_path / "sweep"], tmp_path / "results")
+    copy = tmp_path / "results" / "synthetic" / "erm" / "default" / "seed=0"
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    assert {"results.jsonl.gz", "csv/metrics.csv.gz"} <= {p.as_posix() for p in before}
+
+    archive([tmp_path / "results"], tmp_path / "again")
+    again = tmp_path / "again" / "synthetic" / "erm" / "default" / "seed=0"
+    assert {p.relative_to(again): p.read_bytes() for p in again.rglob("*") if p.is_file()} == before
+    archive([tmp_path / "results"], tmp_path / "results")  # onto itself: nothing removed
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before

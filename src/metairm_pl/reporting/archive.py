@@ -38,7 +38,9 @@ COMPRESSED = (RESULTS_FILE, CSV_LOG)
 
 def archive_run(run_dir: Path, target: Path) -> None:
     """Write the compact copy of ``run_dir`` at ``target`` (files of an earlier copy that the
-    run no longer has, e.g. a ``failed`` marker after a successful relaunch, are removed)."""
+    run no longer has, e.g. a ``failed`` marker after a successful relaunch, are removed).
+    ``run_dir`` may itself be a compact copy (a sweep resumed from ``results/``): its
+    compressed records are taken as they are."""
     target.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         source, copy = run_dir / name, target / name
@@ -47,9 +49,11 @@ def archive_run(run_dir: Path, target: Path) -> None:
         else:
             copy.unlink(missing_ok=True)
     for name in COMPRESSED:
-        source, copy = run_dir / name, target / (name + ARCHIVED_SUFFIX)
+        source, compressed, copy = run_dir / name, run_dir / (name + ARCHIVED_SUFFIX), target / (name + ARCHIVED_SUFFIX)
         if source.is_file():
             _write_if_changed(copy, gzip.compress(source.read_bytes(), mtime=0))
+        elif compressed.is_file():
+            _write_if_changed(copy, compressed.read_bytes())
         else:
             copy.unlink(missing_ok=True)
 

@@ -134,6 +134,7 @@ def check_published_setting(runs: Sequence[Run]) -> None:
 
 
 def published_rows(problems: Sequence[str]) -> list[str]:
+    """The reference's rows for ``problems`` ("—" where it has no figure) and the line naming its source."""
     figures = published_figures()
     table = figures["test_error_mean_std"]
     methods = list(next(iter(table.values())))
@@ -148,7 +149,7 @@ def published_rows(problems: Sequence[str]) -> list[str]:
             + " | ".join(cells)
             + " |"
         )
-    return rows
+    return rows + ["", f"Published: Aubin et al. 2021, {figures['source']}; {figures['protocol']}."]
 
 
 def render(kept: Mapping[tuple[str, str], Selected], per_env: bool = False, published: bool = False) -> str:
@@ -174,10 +175,6 @@ def render(kept: Mapping[tuple[str, str], Selected], per_env: bool = False, publ
         lines.append(f"| {method_label(method)} | " + " | ".join(cells) + " |")
     if published:
         lines += published_rows(problems)
-        lines += [
-            "",
-            f"Published: Aubin et al. 2021, {published_figures()['source']}; {published_figures()['protocol']}.",
-        ]
     if per_env:
         lines += ["", "| problem | method | settings | " + "per test env (mean ± std) |", "| --- | --- | --- | --- |"]
         for (problem, method), selected in sorted(
