@@ -99,8 +99,10 @@ def sweep_dir(root: Mapping[str, Any]) -> str:
 
 def run_dir(root: Mapping[str, Any]) -> str:
     """A single run's directory: ``<output_root>/runs/<subdir>``; a run of an experiment
-    (``experiment=NAME``) goes where the same job of its sweep goes."""
-    if root["hydra"]["runtime"]["choices"].get("experiment"):
+    (``experiment=NAME``) or of a search preset (``hparams_search=NAME``, whose settings the name
+    leaves out) goes where the same job of its sweep goes."""
+    choices = root["hydra"]["runtime"]["choices"]
+    if choices.get("experiment") or choices.get("hparams_search"):
         return f"{root['hydra']['sweep']['dir']}/{root['hydra']['sweep']['subdir']}"
     return f"{root['paths']['output_root']}/{RUNS_DIR}/{run_subdir(root)}"
 
