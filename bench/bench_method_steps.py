@@ -3,7 +3,7 @@
 Each method is built from its own config (``conf/algorithm/<name>.yaml``, composed by Hydra,
 so nothing here names a method) on the same MLP (``--hidden``, same init) and the same
 Colored-MNIST-shaped synthetic envs (2 x ``--env-size`` of [2, 14, 14], full batch), with every
-penalty switched on from the first step (anneal 0, EQRM's burn-in 0), and fitted by a real
+penalty switched on from the first step (anneal 0, EQRM's burn-in and PAIR-o's ERM phase 0), and fitted by a real
 ``pl.Trainer`` (``bench_common.fit_and_time``). The table shows the median steady-state seconds
 per step over ``--repeats`` interleaved runs, the ratio to ERM, and the FLOPs of one step
 (``objective``, L2 and backward, ``torch.utils.flop_counter``) over ERM's: the floor the time
@@ -40,8 +40,9 @@ def build(name: str, args):
         raise SystemExit(f"conf/algorithm/{name}.yaml does not compose")
     node = {key: value for key, value in composed["algorithm"].items() if key != "name"}
     node.setdefault("penalty", {})["anneal_steps"] = 0
-    if "burnin_steps" in node:
-        node["burnin_steps"] = 0
+    for phase_end in ("burnin_steps", "switch_step"):  # EQRM's ERM burn-in, PAIR-o's ERM phase
+        if phase_end in node:
+            node[phase_end] = 0
     torch.manual_seed(args.seed)
     network = MLP(bc.CMNIST_INPUT_SHAPE, num_outputs=1, hidden_dim=args.hidden)
     method = instantiate(node, network=network, num_classes=2, num_outputs=1)

@@ -80,6 +80,7 @@ SPECS = {
             "eqrm",
             "mldg",
             "irmx",
+            "pair",
         ],
         {"cmnist": "cmnist"},
         P_ENVS,
@@ -140,7 +141,7 @@ SPECS = {
         extra={"trainer.val_check_interval": 10},
     ),
 }
-JOBS = {"table1": 120, "table2": 80, "table3": 90, "table4": 30, "table5": 70, "table6": 120,
+JOBS = {"table1": 130, "table2": 80, "table3": 90, "table4": 30, "table5": 70, "table6": 120,
         "fig3": 60, "fig4": 120, "fig5": 90, "fig6": 30}  # fmt: skip
 
 

@@ -3,6 +3,8 @@ random multi-env batches and the gradients of a loss."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,3 +51,22 @@ def make_mlp():
         return MLP(INPUT_SHAPE, num_outputs, hidden_dim=hidden_dim).to(dtype)
 
     return make
+
+
+def resumed_beside_uninterrupted(make_config, overrides: list[str], checkpoint_every: int) -> tuple[Path, Path]:
+    """Train ``overrides`` twice: once without checkpoints, once with one every
+    ``checkpoint_every`` steps, then undo that run's end (markers, final checkpoint) as if it
+    were killed after its last periodic checkpoint and relaunch it. Returns the run directories
+    (resumed, uninterrupted)."""
+    from metairm_pl.run import train
+
+    reference = make_config(overrides + ["checkpoint_every=0"], name="reference")
+    train(reference)
+    first = make_config(overrides + [f"checkpoint_every={checkpoint_every}"], name="resumed")
+    train(first)
+    directory = Path(first.paths.output_dir)
+    for end in ("done", "final.json"):
+        (directory / end).unlink()
+    (directory / "checkpoints" / "final.ckpt").unlink()
+    train(make_config(overrides + [f"checkpoint_every={checkpoint_every}"], name="resumed"))
+    return directory, Path(reference.paths.output_dir)

@@ -3,17 +3,14 @@ and its q is a buffer that a resumed run continues exactly."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from metairm_pl.algorithms.group_dro import GroupDRO
 from metairm_pl.errors import ConfigError
 from metairm_pl.files import read_jsonl
-from metairm_pl.run import train
 
-from .conftest import gradients, training_loss
+from .conftest import gradients, resumed_beside_uninterrupted, training_loss
 
 
 def domainbed_groupdro(losses, q, eta):
@@ -60,19 +57,11 @@ def test_a_resumed_run_continues_q_exactly(make_config):
     its records and final weights equal those of a run never interrupted."""
     short = ["data=synthetic", "algorithm=group_dro", "algorithm.eta=0.5", "model.hidden_dim=8",
              "trainer.val_check_interval=5", "trainer.max_steps=20"]  # fmt: skip
-    reference = make_config(short + ["checkpoint_every=0"], name="reference")
-    train(reference)
-    first = make_config(short + ["checkpoint_every=10"], name="resumed")
-    train(first)
-    directory = Path(first.paths.output_dir)
-    for end in ("done", "final.json"):
-        (directory / end).unlink()
-    (directory / "checkpoints" / "final.ckpt").unlink()
-    train(make_config(short + ["checkpoint_every=10"], name="resumed"))
-    assert read_jsonl(directory / "results.jsonl") == read_jsonl(Path(reference.paths.output_dir) / "results.jsonl")
+    directory, reference = resumed_beside_uninterrupted(make_config, short, checkpoint_every=10)
+    assert read_jsonl(directory / "results.jsonl") == read_jsonl(reference / "results.jsonl")
     final_q = [
-        torch.load(Path(d) / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]["q"]
-        for d in (directory, reference.paths.output_dir)
+        torch.load(d / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]["q"]
+        for d in (directory, reference)
     ]
     assert torch.equal(final_q[0], final_q[1])
     checkpoint = torch.load(directory / "checkpoints" / "last.ckpt", weights_only=True)

@@ -6,7 +6,7 @@ code and PAIR's Colored MNIST loop compute it) and ``Var`` the *unbiased* varian
 risks (``torch.var``'s default, as PAIR's code), one weight ``w`` shared by both penalties as
 in PAIR's scalarised IRMX (``WILDS/src/main.py``, ``penalty_weight2 <= 0``). ``w`` follows the
 shared :class:`~metairm_pl.algorithms.schedule.PenaltySchedule` (anneal and rescale of the IRM
-code). PAIR-o, the multi-objective solver over (ERM, IRMv1, V-REx), is not implemented.
+code).
 """
 
 from __future__ import annotations
