@@ -64,8 +64,7 @@ def epo_weights(losses: np.ndarray, gram: np.ndarray, preference: np.ndarray, ep
         return preference, "preference"
     if non_uniformity > epsilon:
         move, cost = "balance", -gram_adjustment
-        rows = [j for j in range(m) if gram_adjustment[j] <= 0]
-        bounds = {j: gram_adjustment[j] for j in rows}
+        bounds = {j: gram_adjustment[j] for j in range(m) if gram_adjustment[j] <= 0}
         for j in np.flatnonzero(weighted == weighted.max()):
             bounds[int(j)] = 0.0
         a_ub = np.array([-gram[j] for j in bounds]).reshape(-1, m)
