@@ -6,6 +6,7 @@ exact resume across it."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def reference_pair_loss(network, batch, eps=0.1):
     loss = alpha.float() · losses."""
     scale = torch.tensor(1.0, requires_grad=True)
     logits = [network(x) * scale for x, _ in batch.values()]
-    labels = [y.float().unsqueeze(1) for _, y in batch.values()]
+    labels = [y.float().reshape(-1, 1) for _, y in batch.values()]
     nlls = torch.stack([F.binary_cross_entropy_with_logits(lg, y) for lg, y in zip(logits, labels)])
     penalty = 0
     for lg, y in zip(logits, labels):
@@ -151,6 +152,46 @@ def test_before_the_switch_it_is_erm_with_l2(make_mlp, make_batch):
     nlls = [F.binary_cross_entropy_with_logits(network(x), y.float().unsqueeze(1)) for x, y in batch.values()]
     torch.testing.assert_close(objective.risk, torch.stack(nlls).mean(), rtol=1e-6, atol=0)
     assert objective.penalty is None and objective.logs == {}
+
+
+def reference_pair_loop(network, batch, steps, switch, lr_before=1e-3, lr_after=0.1, l2=L2):
+    """pair_train's loop: Adam on the mean BCE + l2·‖θ‖² (weight 1 before the anneal, so no
+    rescale) until ``switch``, then a fresh SGD(momentum 0.9) on alpha · losses, no L2."""
+    params = list(network.parameters())
+    optimizer = torch.optim.Adam(params, lr=lr_before)
+    for step in range(steps):
+        if step == switch:
+            optimizer = torch.optim.SGD(params, lr=lr_after, momentum=0.9)
+        if step < switch:
+            nlls = [F.binary_cross_entropy_with_logits(network(x), y.float().reshape(-1, 1)) for x, y in batch.values()]
+            loss = torch.stack(nlls).mean() + l2 * sum(p.pow(2).sum() for p in params)
+        else:
+            loss = reference_pair_loss(network, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_training_steps_follow_the_reference_loop_across_the_switch():
+    """Lightning's steps (Adam, then the switch to SGD with momentum on the EPO-weighted
+    objectives) move the weights as the reference's loop does."""
+    from metairm_pl.data.synthetic import SyntheticDataModule
+    from metairm_pl.models.mlp import MLP
+
+    from .test_training_step import TEST, TRAIN, fit
+
+    datamodule = SyntheticDataModule(TRAIN, TEST, data_seed=0)
+    datamodule.setup()
+    torch.manual_seed(0)
+    network, reference = MLP((8,), 1, hidden_dim=16), MLP((8,), 1, hidden_dim=16)
+    reference.load_state_dict(network.state_dict())
+    initial = network.classifier.weight.detach().clone()
+    module = PAIR(network, functools.partial(torch.optim.Adam, lr=1e-3), l2_weight=L2, switch_step=3)
+    fit(module, datamodule, steps=8)  # 3 Adam steps, 5 SGD steps on the weighted objectives
+    reference_pair_loop(reference, datamodule.splits.train, steps=8, switch=3)
+    for ours, theirs in zip(network.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(network.classifier.weight, initial, atol=1e-3)
 
 
 SHORT = ["data=synthetic", "algorithm=pair", "algorithm.switch_step=5", "model.hidden_dim=8",
