@@ -286,7 +286,7 @@ class MultiEnvAlgorithm(pl.LightningModule):
         self._check_finite(step, {"risk": objective.risk, "penalty": penalty, "l2": regularizer})
         loss = self.schedule.combine(objective.risk, penalty, regularizer, step)
 
-        optimizer = self.optimizers()
+        optimizer = self.step_optimizer()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
@@ -334,6 +334,10 @@ class MultiEnvAlgorithm(pl.LightningModule):
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
+
+    def step_optimizer(self):
+        """The optimizer that takes this step (a method with several picks one)."""
+        return self.optimizers()
 
     def restart_optimizer(self, lr: Optional[float] = None) -> None:
         """Forget the optimizer's state (Adam's moments and step count), as a freshly made one,

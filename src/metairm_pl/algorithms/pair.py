@@ -164,21 +164,11 @@ class PAIR(MultiEnvAlgorithm):
         weights, move = epo_weights(losses, gram, self.preference, self.epsilon)
         return torch.as_tensor(weights, dtype=torch.float32, device=objectives.device), move
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        env_batch = {env: (pair[0], pair[1]) for env, pair in batch.items()}
-        step = self.global_step
-        switched = step >= self.switch_step
-        objective = self.objective(env_batch)
-        regularizer = torch.zeros((), device=self.device) if switched else self.l2_term()
-        self._check_finite(step, {"risk": objective.risk, "l2": regularizer})
-        loss = objective.risk + regularizer
+    def step_optimizer(self):
+        return self.optimizers()[int(self.global_step >= self.switch_step)]
 
-        optimizer = self.optimizers()[int(switched)]
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        optimizer.step()
-        self._check_parameters_finite(step)
-
-        if self._is_logging_step():
-            self._log_step(loss, objective, torch.zeros((), device=self.device), step)
-        return loss.detach()
+    def l2_term(self) -> Tensor:
+        """L2 in the ERM phase only (the reference's objectives after the switch have none)."""
+        if self.global_step >= self.switch_step:
+            return torch.zeros((), device=self.device)
+        return super().l2_term()
